@@ -1,0 +1,7 @@
+"""bionas: neural-architecture search over (operation, learning rule) pairs."""
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("bionas")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+source"

@@ -1,0 +1,59 @@
+"""A small name -> factory registry, in the manner of timm's ``@register_model``.
+
+Every rule and op file ends with a decorated factory; a package ``__init__`` imports its modules
+by name so that registration order is predictable. Registering a name twice is an error, and
+looking up an unknown name raises :class:`~bionas.errors.UnknownNameError` listing what exists.
+"""
+from __future__ import annotations
+
+from typing import Callable, Generic, Iterator, TypeVar
+
+from bionas.errors import UnknownNameError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Maps lower-case names to objects (classes or factory functions)."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator: ``@REGISTRY.register("name")``."""
+        if name != name.lower() or not name:
+            raise ValueError(f"{self.kind} names are non-empty and lower-case, got {name!r}")
+
+        def add(obj: T) -> T:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._entries[name] = obj
+            return obj
+
+        return add
+
+    def unregister(self, name: str) -> None:
+        """Remove an entry (for tests and plug-ins that register temporarily)."""
+        self.get(name)
+        del self._entries[name]
+
+    def get(self, name: str) -> T:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UnknownNameError(
+                f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}"
+            ) from None
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,145 @@
+"""Turning ordinary networks into rule-aware ones, and switching rule behaviour on and off.
+
+* :func:`convert` swaps every ``nn.Conv2d`` / ``nn.Linear`` for a rule-aware layer that shares
+  the original's parameters (the same ``Parameter`` objects), so the forward is unchanged.
+* :func:`exact_gradients` makes every rule-aware layer back-propagate the true gradient for the
+  duration of a ``with`` block -- what an honest white-box attack needs.
+* :func:`local_updates` is the one switch that lets local rules change weights.
+* :func:`alignment_angles` reports, per layer, the angle between ``W`` and its feedback ``B``.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from bionas.errors import ConfigError
+from bionas.rules.base import FeedbackRule, LearningRule, layer_seed, make_generator
+from bionas.rules.layers import RuleConv2d, RuleLayer, RuleLinear
+from bionas.rules.registry import RULES
+
+_RULE_LAYER_FOR = {nn.Conv2d: RuleConv2d, nn.Linear: RuleLinear}
+
+
+def build_rule(name: str, weight: torch.Tensor, seed: int, index: int = 0, **options) -> LearningRule:
+    """Instantiate rule ``name`` for one layer (``index`` within a conversion seeded ``seed``)."""
+    cls = RULES.get(name)
+    gen = make_generator(layer_seed(seed, index), weight.device)
+    try:
+        return cls(weight.detach(), gen, **options)
+    except TypeError as err:  # unknown keyword for this rule
+        raise ConfigError(f"rule {name!r} does not take options {sorted(options)}: {err}") from None
+
+
+def _convert_layer(layer: nn.Module, rule: str, seed: int, index: int, options: dict) -> nn.Module:
+    if isinstance(layer, RuleLayer):  # re-convert: keep the layer, replace its rule
+        layer.rule = build_rule(rule, layer.weight, seed, index, **options)
+        layer.rule.train(layer.training)
+        return layer
+    cls = _RULE_LAYER_FOR[type(layer)]
+    return cls.from_module(layer, build_rule(rule, layer.weight, seed, index, **options))
+
+
+def _convertible(module: nn.Module) -> bool:
+    return isinstance(module, RuleLayer) or type(module) in _RULE_LAYER_FOR
+
+
+def convert(module: nn.Module, rule: str, seed: int | None = None, **options) -> nn.Module:
+    """Make every ``nn.Conv2d`` and ``nn.Linear`` in ``module`` (or ``module`` itself) learn by ``rule``.
+
+    Args:
+        module: any network; converted in place. Layers that are already rule-aware get the new
+            rule. Subclasses of ``nn.Conv2d`` / ``nn.Linear`` other than bionas' own are left as
+            they are (their forward may differ from the parent's).
+        rule: a name from :data:`bionas.rules.RULES` (``bionas rules`` lists them).
+        seed: seeds the random feedback of every converted layer (layer ``k`` uses
+            ``layer_seed(seed, k)``, in ``named_modules`` order). ``None`` draws one from the
+            global torch RNG, so ``torch.manual_seed`` still makes the conversion repeatable.
+        **options: passed to the rule's constructor (e.g. ``scale=1.0`` for ``usf``).
+
+    Returns:
+        ``module`` with its layers replaced; a new rule-aware layer if ``module`` itself was a
+        ``Conv2d``/``Linear``. Forward outputs are exactly those of the original.
+    """
+    RULES.get(rule)  # fail on an unknown name even when there is nothing to convert
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, ()))
+    if _convertible(module):
+        return _convert_layer(module, rule, seed, 0, options)
+    targets = [(name, m) for name, m in module.named_modules() if _convertible(m)]
+    for index, (name, layer) in enumerate(targets):
+        parent_name, _, child = name.rpartition(".")
+        parent = module.get_submodule(parent_name)
+        setattr(parent, child, _convert_layer(layer, rule, seed, index, options))
+    return module
+
+
+def rule_layers(model: nn.Module) -> Iterator[tuple[str, RuleLayer]]:
+    """``(name, layer)`` for every rule-aware layer in ``model`` (``model`` itself included)."""
+    for name, m in model.named_modules():
+        if isinstance(m, RuleLayer):
+            yield name, m
+
+
+def rules_in(model: nn.Module) -> dict[str, str]:
+    """``{layer name: rule name}`` of every rule-aware layer."""
+    return {name: layer.rule.name for name, layer in rule_layers(model)}
+
+
+@contextmanager
+def _set_flag(model: nn.Module, flag: str, value: bool):
+    layers = [layer for _, layer in rule_layers(model)]
+    before = [getattr(layer, flag) for layer in layers]
+    for layer in layers:
+        setattr(layer, flag, value)
+    try:
+        yield model
+    finally:
+        for layer, old in zip(layers, before):
+            setattr(layer, flag, old)
+
+
+def exact_gradients(model: nn.Module):
+    """Context manager: inside it every rule-aware layer back-propagates the true gradient.
+
+    Feedback rules behave as ``B := W`` and local rules neither update nor hide their weights from
+    the loss, so ``torch.autograd`` returns the exact input gradient of the whole network (what a
+    white-box attack must use). The rules are back in force when the block exits, also on error.
+    No random feedback is drawn inside the block.
+    """
+    return _set_flag(model, "exact_gradients", True)
+
+
+def local_updates(model: nn.Module, enabled: bool = True):
+    """Context manager: switch local-rule weight updates on (or off) inside the block.
+
+    Local updates are off by default and never follow ``model.train()``: a training loop enables
+    them around weight-training steps only, so architecture steps, evaluation, fitness scoring
+    and attacks cannot change local-rule weights.
+    """
+    return _set_flag(model, "local_updates", enabled)
+
+
+def _angle_degrees(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().flatten().double(), b.detach().flatten().double()
+    denom = a.norm() * b.norm()
+    if denom == 0:
+        return math.nan
+    cos = torch.clamp(a @ b / denom, -1.0, 1.0)
+    return math.degrees(math.acos(float(cos)))
+
+
+def alignment_angles(model: nn.Module) -> dict[str, float]:
+    """Angle in degrees between each feedback layer's ``W`` and ``B`` (flattened): 0 for bp.
+
+    Layers with a local rule have no feedback tensor and are left out. For brSF the angle is the
+    one of the current draw.
+    """
+    return {
+        name: _angle_degrees(layer.weight, layer.rule.feedback(layer.weight))
+        for name, layer in rule_layers(model)
+        if isinstance(layer.rule, FeedbackRule)
+    }
