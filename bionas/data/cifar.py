@@ -1,0 +1,131 @@
+"""CIFAR-10 and CIFAR-100 from either of their usual layouts.
+
+* torchvision's pickles: ``<root>/cifar-10-batches-py/{data_batch_1..5,test_batch}`` and
+  ``<root>/cifar-100-python/{train,test}`` (``<root>`` may also be that folder itself). Read
+  directly, so no checksum is demanded.
+* ``ImageFolder``: ``<root>/train/<class>/*`` and ``<root>/test/<class>/*`` (PNG or JPEG), classes
+  in alphabetical order, which for CIFAR-10 is also the official label order.
+
+Krizhevsky (2009), "Learning multiple layers of features from tiny images".
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from bionas.data.arrays import ImageArrays, balanced_subset
+from bionas.errors import DataError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+
+SPECS = {
+    # name: (pickle folder, train files, test files, label key, classes, mean, std)
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels", 10,
+                (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", 100,
+                 (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+def _expected(name: str, root: Path) -> str:
+    folder = SPECS[name][0]
+    return (f"expected {name} at {root} as {folder}/ (torchvision pickles) or as train/<class>/ and "
+            f"test/<class>/ image folders; pass --data-dir or set BIONAS_DATA")
+
+
+def find_layout(name: str, root: Path) -> tuple[str, Path]:
+    """``("pickle", folder)`` or ``("imagefolder", root)``; DataError naming what was expected."""
+    folder, train_files = SPECS[name][0], SPECS[name][1]
+    if not root.is_dir():
+        raise DataError(f"dataset directory {root} does not exist; {_expected(name, root)}")
+    for candidate in (root / folder, root):
+        if all((candidate / f).is_file() for f in train_files):
+            return "pickle", candidate
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        return "imagefolder", root
+    raise DataError(f"no {name} found in {root}; {_expected(name, root)}")
+
+
+def _read_pickles(name: str, folder: Path, files: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    label_key = SPECS[name][3]
+    images, labels = [], []
+    for f in files:
+        path = folder / f
+        if not path.is_file():
+            raise DataError(f"missing {path}; {_expected(name, folder.parent)}")
+        with open(path, "rb") as fh:
+            try:
+                batch = pickle.load(fh, encoding="latin1")
+            except (pickle.UnpicklingError, EOFError, ValueError) as err:
+                raise DataError(f"{path} is not a readable CIFAR pickle ({err})") from None
+        if "data" not in batch or label_key not in batch:
+            raise DataError(f"{path} lacks 'data' or '{label_key}'; is it a {name} batch?")
+        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(batch[label_key], dtype=np.int64))
+    meta_file = folder / ("batches.meta" if name == "cifar10" else "meta")
+    classes = [str(i) for i in range(SPECS[name][4])]
+    if meta_file.is_file():
+        with open(meta_file, "rb") as fh:
+            meta = pickle.load(fh, encoding="latin1")
+        classes = list(meta.get("label_names") or meta.get("fine_label_names") or classes)
+    return np.concatenate(images), np.concatenate(labels), classes
+
+
+def _folder_files(split_dir: Path) -> tuple[list[str], list[list[Path]]]:
+    classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
+    if not classes:
+        raise DataError(f"{split_dir} has no class folders; expected {split_dir}/<class>/<image>")
+    files = [sorted(p for p in (split_dir / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) for c in classes]
+    empty = [c for c, fs in zip(classes, files) if not fs]
+    if empty:
+        raise DataError(f"class folders without images in {split_dir}: {', '.join(empty[:5])}")
+    return classes, files
+
+
+def _decode(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("RGB"))
+    if arr.shape != (32, 32, 3):
+        raise DataError(f"{path} is {arr.shape[1]}x{arr.shape[0]}, CIFAR images are 32x32")
+    return arr
+
+
+def load_cifar(name: str, root: str | Path, split: str, per_class: int | None = None, seed: int = 0) -> ImageArrays:
+    """Load split ``"train"`` or ``"test"`` of ``cifar10``/``cifar100`` into memory.
+
+    ``per_class`` keeps a seeded, class-balanced subset of that many images per class, chosen
+    before decoding so a small subset of an image folder loads in a fraction of a second.
+    """
+    if name not in SPECS:
+        raise DataError(f"unknown CIFAR variant {name!r}; choose cifar10 or cifar100")
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    root = Path(root).expanduser()
+    layout, where = find_layout(name, root)
+    gen = torch.Generator().manual_seed(seed)
+    mean, std = SPECS[name][5], SPECS[name][6]
+    if layout == "pickle":
+        files = SPECS[name][1] if split == "train" else SPECS[name][2]
+        images, labels, classes = _read_pickles(name, where, files)
+        images_t, labels_t = torch.from_numpy(images), torch.from_numpy(labels)
+        if per_class is not None:
+            keep = balanced_subset(labels_t, per_class * len(classes), seed)
+            images_t, labels_t = images_t[keep], labels_t[keep]
+    else:
+        classes, files = _folder_files(where / split)
+        if len(classes) != SPECS[name][4]:
+            raise DataError(f"{where / split} has {len(classes)} class folders, {name} has {SPECS[name][4]}")
+        picked, labels_list = [], []
+        for label, class_files in enumerate(files):
+            if per_class is not None and per_class < len(class_files):
+                order = torch.randperm(len(class_files), generator=gen)[:per_class].sort().values
+                class_files = [class_files[i] for i in order]
+            picked += class_files
+            labels_list += [label] * len(class_files)
+        images_t = torch.from_numpy(np.stack([_decode(p) for p in picked])).permute(0, 3, 1, 2).contiguous()
+        labels_t = torch.tensor(labels_list, dtype=torch.int64)
+    return ImageArrays(name, images_t, labels_t, classes, mean, std)

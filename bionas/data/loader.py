@@ -1,0 +1,119 @@
+"""Batches from in-memory images: seeded shuffling and batch-wise augmentation.
+
+Augmentation follows the DARTS/CIFAR recipe -- random crop after zero padding, horizontal flip,
+normalisation, then Cutout (DeVries & Taylor 2017, https://arxiv.org/abs/1708.04552) -- but is
+applied to a whole batch at once with the loader's own ``torch.Generator``. Data order and
+augmentation therefore depend only on the seed and the epoch, never on the global RNG, and a
+loader's ``state_dict`` resumes them exactly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from bionas.data.arrays import ImageArrays
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """``crop_padding``: pixels of zero padding before a random crop back to size (0: off);
+    ``flip``: random horizontal flips; ``cutout``: side of the zeroed square (0: off)."""
+
+    crop_padding: int = 0
+    flip: bool = False
+    cutout: int = 0
+
+
+def random_crop(x: Tensor, padding: int, gen: torch.Generator) -> Tensor:
+    """Per-image random crop of ``x`` (B, C, H, W) from its zero-padded version."""
+    if padding <= 0:
+        return x
+    B, _, H, W = x.shape
+    padded = F.pad(x, (padding, padding, padding, padding))  # (B, C, H+2p, W+2p)
+    oy = torch.randint(0, 2 * padding + 1, (B,), generator=gen).to(x.device)
+    ox = torch.randint(0, 2 * padding + 1, (B,), generator=gen).to(x.device)
+    rows = (oy[:, None] + torch.arange(H, device=x.device))[:, :, None]  # (B, H, 1)
+    cols = (ox[:, None] + torch.arange(W, device=x.device))[:, None, :]  # (B, 1, W)
+    batch = torch.arange(B, device=x.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)  # (B, C, H, W)
+
+
+def random_flip(x: Tensor, gen: torch.Generator) -> Tensor:
+    """Flip each image of ``x`` left-right with probability 1/2."""
+    flip = (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device)
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def cutout(x: Tensor, length: int, gen: torch.Generator) -> Tensor:
+    """Zero a square per image: rows ``[cy - length//2, cy + length//2)`` (and likewise columns),
+    centre uniform over the image, clipped at the borders -- DeVries & Taylor's reference code."""
+    if length <= 0:
+        return x
+    B, _, H, W = x.shape
+    cy = torch.randint(0, H, (B, 1, 1), generator=gen).to(x.device)
+    cx = torch.randint(0, W, (B, 1, 1), generator=gen).to(x.device)
+    ys = torch.arange(H, device=x.device)[None, :, None]  # (1, H, 1)
+    xs = torch.arange(W, device=x.device)[None, None, :]  # (1, 1, W)
+    half = length // 2
+    inside = (ys >= cy - half) & (ys < cy + half) & (xs >= cx - half) & (xs < cx + half)  # (B, H, W)
+    return x.masked_fill(inside[:, None], 0.0)
+
+
+class BatchLoader:
+    """Iterates ``(images, labels)`` batches: float (B, C, H, W) normalised, int64 (B,).
+
+    Args:
+        data: the images (kept as uint8 until a batch is drawn).
+        batch_size: images per batch; the last, smaller batch is kept unless ``drop_last``.
+        shuffle: a fresh seeded permutation each epoch.
+        augment: augmentation applied to every batch (``None``: none, e.g. for test data).
+        seed: seeds this loader's generator (order and augmentation).
+        device: where batches are produced (augmentation runs there too).
+    """
+
+    def __init__(self, data: ImageArrays, batch_size: int, shuffle: bool = True,
+                 augment: Augmentation | None = None, seed: int = 0, drop_last: bool = False,
+                 device: torch.device | str = "cpu"):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.data, self.batch_size, self.shuffle = data, batch_size, shuffle
+        self.augment, self.drop_last, self.device = augment, drop_last, torch.device(device)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.epoch = 0
+        self._mean = torch.tensor(data.mean, device=self.device)[None, :, None, None]
+        self._std = torch.tensor(data.std, device=self.device)[None, :, None, None]
+
+    def __len__(self) -> int:
+        n = len(self.data)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        n = len(self.data)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        self.epoch += 1
+        for b in range(len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            yield self._batch(idx)
+
+    def _batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        x = self.data.images[idx].to(self.device, non_blocking=True).float().div_(255.0)  # (B, C, H, W)
+        aug, gen = self.augment, self.generator
+        if aug is not None:
+            x = random_crop(x, aug.crop_padding, gen)
+            if aug.flip:
+                x = random_flip(x, gen)
+        x = (x - self._mean) / self._std
+        if aug is not None:
+            x = cutout(x, aug.cutout, gen)
+        return x, self.data.labels[idx].to(self.device, non_blocking=True)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.epoch = int(state["epoch"])

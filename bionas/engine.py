@@ -1,0 +1,53 @@
+"""Minimal training and evaluation steps shared by the commands."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bionas.errors import BionasError
+
+
+class TrainingDiverged(BionasError):
+    """The loss became NaN or infinite."""
+
+
+def check_finite(loss: torch.Tensor, step: int, what: str = "training") -> float:
+    """Return ``loss`` as a float, or raise :class:`TrainingDiverged` naming the step and a fix."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise TrainingDiverged(f"{what} loss became {value} at step {step}; lower the learning rate "
+                               f"(--lr) or enable gradient clipping, then rerun")
+    return value
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               step: int, grad_clip: float | None = None) -> tuple[float, float]:
+    """One SGD step on a batch; returns (loss, accuracy)."""
+    model.train()
+    logits = model(x)  # (B, classes)
+    loss = F.cross_entropy(logits, y)
+    value = check_finite(loss, step)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return value, float((logits.argmax(1) == y).float().mean())
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over a loader, in eval mode (mode restored after)."""
+    was_training = model.training
+    model.eval()
+    total_loss, correct, n = 0.0, 0, 0
+    for x, y in loader:
+        logits = model(x)
+        total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+        n += len(y)
+    model.train(was_training)
+    return total_loss / max(n, 1), correct / max(n, 1)

@@ -1,0 +1,39 @@
+"""Shared fixtures: the real CIFAR-10 used by data and training tests.
+
+Found at ``$BIONAS_DATA`` or ``../shared/data/cifar10`` beside the repository. Tests that need it
+are skipped when it is absent -- unless ``BIONAS_REQUIRE_DATA=1`` (set by ``.ci/run``), where a
+missing dataset fails the run instead of hiding tests.
+"""
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cifar10_root() -> Path | None:
+    for candidate in (os.environ.get("BIONAS_DATA"), REPO.parent / "shared" / "data" / "cifar10"):
+        if candidate and any((Path(candidate) / sub).is_dir() for sub in ("train", "cifar-10-batches-py")):
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(scope="session")
+def cifar10_root() -> Path:
+    root = _cifar10_root()
+    if root is None:
+        message = "real CIFAR-10 not found (set BIONAS_DATA or place it at ../shared/data/cifar10)"
+        if os.environ.get("BIONAS_REQUIRE_DATA") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar10_small(cifar10_root):
+    """A class-balanced real subset: 200 training and 50 test images per class."""
+    from bionas.data import load_dataset
+
+    return (load_dataset("cifar10", cifar10_root, "train", per_class=200, seed=0),
+            load_dataset("cifar10", cifar10_root, "test", per_class=50, seed=0))

@@ -1,0 +1,133 @@
+"""Dataset layouts, subsets, splits, augmentation and the errors for bad directories."""
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from bionas.data import (Augmentation, BatchLoader, balanced_subset, load_dataset, resolve_dataset_name,
+                         search_split)
+from bionas.data.loader import cutout, random_crop
+from bionas.errors import DataError
+
+
+def test_imagefolder_cifar10_subset(cifar10_root):
+    d = load_dataset("cifar10", cifar10_root, "train", per_class=20, seed=3)
+    assert d.images.shape == (200, 3, 32, 32) and d.images.dtype == torch.uint8
+    assert d.classes[:3] == ["airplane", "automobile", "bird"] and d.num_classes == 10
+    assert torch.bincount(d.labels).tolist() == [20] * 10
+    again = load_dataset("cifar10", cifar10_root, "train", per_class=20, seed=3)
+    assert torch.equal(d.images, again.images)
+    other = load_dataset("cifar10", cifar10_root, "train", per_class=20, seed=4)
+    assert not torch.equal(d.images, other.images)
+    # real photographs: per-channel means near the published CIFAR-10 statistics
+    mean = d.images.float().mean((0, 2, 3)) / 255
+    assert torch.allclose(mean, torch.tensor([0.49, 0.48, 0.45]), atol=0.05)
+
+
+def write_cifar10_pickles(root, per_batch=4):
+    """Small files in the official torchvision layout (format check only)."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                 "labels": list(rng.integers(0, 10, per_batch)), "batch_label": name}
+        with open(folder / name, "wb") as fh:
+            pickle.dump(batch, fh)
+    with open(folder / "batches.meta", "wb") as fh:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, fh)
+    return folder
+
+
+def test_pickle_layout_reads_official_format(tmp_path):
+    folder = write_cifar10_pickles(tmp_path)
+    train = load_dataset("cifar10", tmp_path, "train")
+    test = load_dataset("cifar10", folder, "test")  # the batches folder itself also works
+    assert train.images.shape == (20, 3, 32, 32) and test.images.shape == (4, 3, 32, 32)
+    with open(folder / "data_batch_1", "rb") as fh:
+        raw = pickle.load(fh)
+    # row-major 3072 = 3 x 32 x 32, red plane first
+    assert torch.equal(train.images[0], torch.from_numpy(raw["data"][0].reshape(3, 32, 32)))
+    assert train.labels[:4].tolist() == [int(v) for v in raw["labels"]]
+    assert train.classes[0] == "c0"
+
+
+def test_missing_and_malformed_directories_fail_with_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("BIONAS_DATA", raising=False)
+    with pytest.raises(DataError, match=r"does not exist; expected cifar10 at .*cifar-10-batches-py/.*train/<class>/") as err:
+        load_dataset("cifar10", tmp_path / "nowhere")
+    assert "\n" not in str(err.value)
+    (tmp_path / "train").mkdir()
+    with pytest.raises(DataError, match="no cifar10 found in"):
+        load_dataset("cifar10", tmp_path)
+    (tmp_path / "test").mkdir()
+    (tmp_path / "train" / "cat").mkdir()
+    with pytest.raises(DataError, match="without images"):
+        load_dataset("cifar10", tmp_path)
+    with pytest.raises(DataError, match="needs a data directory: pass --data-dir"):
+        load_dataset("cifar10", None)
+    folder = write_cifar10_pickles(tmp_path / "train" / "cat")
+    (folder / "data_batch_2").write_bytes(b"not a pickle")
+    with pytest.raises(DataError, match="not a readable CIFAR pickle"):
+        load_dataset("cifar10", folder)
+
+
+def test_auto_falls_back_to_digits_and_announces_it(monkeypatch, caplog):
+    monkeypatch.delenv("BIONAS_DATA", raising=False)
+    with caplog.at_level("WARNING"):
+        assert resolve_dataset_name("auto") == "digits"
+    assert "digits" in caplog.text and "BIONAS_DATA" in caplog.text
+    train, test = load_dataset("auto", split="train"), load_dataset("auto", split="test")
+    assert train.images.shape[1:] == (1, 8, 8) and len(train) + len(test) == 1797
+    assert train.num_classes == 10 and train.images.max() == 255
+    monkeypatch.setenv("BIONAS_DATA", "/some/dir")
+    assert resolve_dataset_name("auto") == "cifar10"
+
+
+def test_balanced_subset_and_search_split():
+    labels = torch.arange(100) % 4
+    idx = balanced_subset(labels, 10, seed=0)
+    assert torch.bincount(labels[idx]).tolist() == [3, 3, 2, 2]
+    w, a = search_split(1001, seed=0)
+    assert len(w) == 500 or len(w) == 501
+    assert len(set(w.tolist()) & set(a.tolist())) == 0 and len(w) + len(a) == 1001
+    w2, _ = search_split(1001, seed=0)
+    assert torch.equal(w, w2)
+
+
+def test_random_crop_is_a_shifted_window_of_the_zero_padded_image():
+    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).reshape(2, 1, 6, 6) + 1
+    gen = torch.Generator().manual_seed(0)
+    out = random_crop(x, 2, gen)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for b in range(2):
+        matches = [(i, j) for i in range(5) for j in range(5) if torch.equal(padded[b, :, i:i + 6, j:j + 6], out[b])]
+        assert len(matches) == 1
+
+
+def test_cutout_zeroes_one_clipped_square():
+    x = torch.ones(64, 3, 32, 32)
+    out = cutout(x, 16, torch.Generator().manual_seed(0))
+    zeros = (out == 0).all(1)  # (B, H, W): all channels zeroed together
+    assert ((out == 0) == zeros[:, None]).all()
+    for b in range(64):
+        rows, cols = zeros[b].any(1).nonzero().flatten(), zeros[b].any(0).nonzero().flatten()
+        assert zeros[b].sum() == len(rows) * len(cols)  # a rectangle
+        assert len(rows) <= 16 and len(cols) <= 16 and len(rows) >= 8 and len(cols) >= 8
+    assert (zeros.sum((1, 2)) == 256).any()  # unclipped squares are 16 x 16
+
+
+def test_loader_normalises_shuffles_reproducibly_and_resumes(cifar10_small):
+    train, _ = cifar10_small
+    loader = BatchLoader(train, 250, augment=Augmentation(4, True, 16), seed=1)
+    first = [y for _, y in loader]
+    assert len(first) == 8 and sum(len(y) for y in first) == 2000
+    plain = BatchLoader(train, 2000, shuffle=False)
+    x, _ = next(iter(plain))
+    assert abs(float(x.mean())) < 0.1 and abs(float(x.std()) - 1) < 0.1
+    state = loader.state_dict()
+    second = [x for x, _ in loader]
+    resumed = BatchLoader(train, 250, augment=Augmentation(4, True, 16), seed=1)
+    resumed.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(second, (x for x, _ in resumed)))
