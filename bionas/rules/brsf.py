@@ -9,10 +9,12 @@ mode and left as it is in eval mode. Draw ``k`` of a layer comes from a generato
 ``state_dict``), stay in step across data-parallel ranks that share the seed, and never touch
 the global RNG.
 """
+import math
+
 import torch
 from torch import Tensor
 
-from bionas.rules.base import FeedbackRule, layer_seed, make_generator, xavier_like
+from bionas.rules.base import FeedbackRule, layer_seed, make_generator, xavier_std
 from bionas.rules.registry import RULES
 
 
@@ -27,6 +29,7 @@ class BatchwiseRandomSignFeedback(FeedbackRule):
         # Plain ints (saved through get_extra_state) so that a forward never syncs with a GPU.
         self.seed = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device))
         self.draws = 0
+        self.bound = math.sqrt(3.0) * xavier_std(weight)
         self.register_buffer("magnitude", torch.empty_like(weight))
         self.redraw()
 
@@ -35,7 +38,8 @@ class BatchwiseRandomSignFeedback(FeedbackRule):
         """Replace ``|R|`` by draw number ``draws + 1``."""
         self.draws += 1
         gen = make_generator(layer_seed(self.seed, self.draws), self.magnitude.device)
-        self.magnitude.copy_(xavier_like(self.magnitude, gen).abs_())
+        # |R| for R ~ U(-a, a) is distributed as U(0, a): draw it in place, in one pass
+        self.magnitude.uniform_(0.0, self.bound, generator=gen)
 
     def get_extra_state(self) -> dict:
         return {"seed": self.seed, "draws": self.draws}
@@ -44,7 +48,7 @@ class BatchwiseRandomSignFeedback(FeedbackRule):
         self.seed, self.draws = int(state["seed"]), int(state["draws"])
 
     def feedback(self, weight: Tensor) -> Tensor:
-        return self.magnitude * torch.sign(weight)
+        return torch.sign(weight).mul_(self.magnitude)  # one allocation: B is weight-sized
 
     def forward(self, layer, x: Tensor) -> Tensor:
         if self.training:

@@ -25,4 +25,4 @@ class FixedRandomSignFeedback(FeedbackRule):
         self.register_buffer("magnitude", xavier_like(weight, generator).abs())
 
     def feedback(self, weight: Tensor) -> Tensor:
-        return self.magnitude * torch.sign(weight)
+        return torch.sign(weight).mul_(self.magnitude)  # one allocation: B is weight-sized

@@ -30,7 +30,7 @@ class UniformSignFeedback(FeedbackRule):
         self.scale = float(scale)
 
     def feedback(self, weight: Tensor) -> Tensor:
-        return self.scale * torch.sign(weight)
+        return torch.sign(weight).mul_(self.scale)  # one allocation: B is weight-sized
 
     def extra_repr(self) -> str:
         return f"scale={self.scale:.4g}"

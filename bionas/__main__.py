@@ -1,0 +1,5 @@
+import sys
+
+from bionas.cli import main
+
+sys.exit(main())

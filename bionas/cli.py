@@ -1,0 +1,159 @@
+"""``bionas`` command line: parses arguments, builds a config, calls the library.
+
+Every command is also callable from Python; nothing here holds logic of its own. Errors that are
+the user's to fix (:class:`bionas.errors.BionasError`) print one line and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from bionas import __version__
+from bionas.errors import BionasError
+
+# Which issue brings each command still being built (printed instead of a traceback).
+PLANNED = {
+    "search": "the BioNAS-DARTS / BioNAS-EG search (issues #3 and #4)",
+    "train": "retraining of genotypes and baselines (issue #5)",
+    "attack": "the robustness suite (issue #6)",
+}
+
+
+def _add_data_options(p: argparse.ArgumentParser, default_dataset: str = "auto") -> None:
+    p.add_argument("--dataset", default=default_dataset,
+                   help="cifar10, cifar100, digits, or auto (cifar10 when a data directory is known, "
+                        "else scikit-learn's digits); default: %(default)s")
+    p.add_argument("--data-dir", default=None, help="dataset directory (default: $BIONAS_DATA)")
+
+
+def _add_run_options(p: argparse.ArgumentParser, out: str) -> None:
+    p.add_argument("--out", default=out, help="output directory (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bionas",
+        description="Neural-architecture search over (operation, learning rule) pairs.",
+    )
+    parser.add_argument("--version", action="version", version=f"bionas {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("quickstart", help="train a small network per learning rule (and one mixing them all)",
+                       description="Train one small network per learning rule, plus one that mixes every "
+                                   "rule, briefly on real data; writes results.csv and loss_curves.png.")
+    _add_data_options(p)
+    _add_run_options(p, "runs/quickstart")
+    p.add_argument("--rules", nargs="+", default=None, metavar="RULE",
+                   help="rules to train ('mixed' = all in one network); default: every feedback rule + mixed")
+    p.add_argument("--steps", type=int, default=150, help="SGD steps per network (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--channels", type=int, default=16)
+    p.add_argument("--train-per-class", type=int, default=500, help="training images per class (default: %(default)s)")
+    p.add_argument("--test-per-class", type=int, default=100, help="test images per class (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_quickstart)
+
+    p = sub.add_parser("search", help="search a cell: DARTS or EG-NAS over op x rule pairs (in progress)")
+    p.add_argument("--method", choices=["darts", "eg"], default="darts")
+    p.add_argument("--space", default="bionas", help="search space name or YAML path (default: %(default)s)")
+    _add_data_options(p)
+    _add_run_options(p, "runs/search")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--order", choices=["first", "second"], default="first", help="DARTS approximation order")
+    p.add_argument("--preset", default=None, help="named preset, e.g. smoke")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.set_defaults(handler=_planned)
+
+    p = sub.add_parser("train", help="retrain a genotype or a single-rule ResNet baseline (in progress)")
+    p.add_argument("--genotype", default=None, help="genotype file or registered name")
+    p.add_argument("--model", default=None, help="baseline model, e.g. resnet20")
+    p.add_argument("--rule", default=None, help="one learning rule for every layer")
+    _add_data_options(p)
+    _add_run_options(p, "runs/train")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--preset", default=None)
+    p.add_argument("--resume", action="store_true")
+    p.set_defaults(handler=_planned)
+
+    p = sub.add_parser("attack", help="adversarial robustness suite (in progress)")
+    p.add_argument("--checkpoint", nargs="+", default=None)
+    p.add_argument("--suite", choices=["quick", "full"], default="quick")
+    p.add_argument("--attacks", nargs="+", default=None)
+    p.add_argument("--gradient", choices=["exact", "rule", "both"], default=None)
+    p.add_argument("--n", type=int, default=None, help="number of test images")
+    _add_data_options(p)
+    _add_run_options(p, "runs/attack")
+    p.set_defaults(handler=_planned)
+
+    p = sub.add_parser("rules", help="list the registered learning rules")
+    p.set_defaults(handler=_list_rules)
+    p = sub.add_parser("ops", help="list the registered operations")
+    p.set_defaults(handler=_list_ops)
+    return parser
+
+
+def _first_line(obj) -> str:
+    return (obj.__doc__ or "").strip().splitlines()[0] if obj.__doc__ else ""
+
+
+def _list_rules(args) -> int:
+    import inspect
+
+    from bionas import rules
+
+    print(f"{'rule':<6} {'kind':<9} {'options':<22} description")
+    for name in rules.RULES:
+        cls = rules.RULES.get(name)
+        params = list(inspect.signature(cls.__init__).parameters.values())[3:]
+        options = ", ".join(f"{p.name}={p.default!r}" for p in params) or "-"
+        print(f"{name:<6} {cls.kind:<9} {options:<22} {_first_line(cls)}")
+    return 0
+
+
+def _list_ops(args) -> int:
+    from bionas import ops
+
+    print(f"{'op':<13} {'params@C=16':>11}  description")
+    for name in ops.OPS:
+        n = sum(p.numel() for p in ops.create_op(name, 16, 1).parameters())
+        print(f"{name:<13} {n:>11}  {_first_line(ops.OPS.get(name))}")
+    return 0
+
+
+def _quickstart(args) -> int:
+    from bionas.quickstart import QuickstartConfig, run_quickstart
+
+    config = QuickstartConfig(dataset=args.dataset, data_dir=args.data_dir, steps=args.steps,
+                              batch_size=args.batch_size, lr=args.lr, channels=args.channels,
+                              train_per_class=args.train_per_class, test_per_class=args.test_per_class,
+                              seed=args.seed, out=args.out, progress=not args.no_progress)
+    if args.rules:
+        config.rules = args.rules
+    results = run_quickstart(config)
+    cols = ["network", "first_loss", "last_loss", "test_acc", "mean_alignment_deg", "seconds"]
+    print(results[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"wrote {args.out}/results.csv, curves.csv, loss_curves.png, config.json")
+    return 0
+
+
+def _planned(args) -> int:
+    raise BionasError(f"'bionas {args.command}' is not implemented yet: it arrives with {PLANNED[args.command]}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return args.handler(args)
+    except BionasError as err:
+        print(f"bionas: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

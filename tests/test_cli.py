@@ -1,0 +1,63 @@
+"""The command line: help, listings, the quickstart end to end, one-line errors."""
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from bionas import ops, rules
+from bionas.cli import main
+
+
+@pytest.mark.parametrize("command", [[], ["quickstart"], ["search"], ["train"], ["attack"], ["rules"], ["ops"]])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(command + ["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert "usage: bionas" in text
+    if command == ["search"]:
+        assert all(opt in text for opt in ["--method", "--space", "--order", "--resume", "--preset"])
+
+
+def test_listings_name_every_registered_entry(capsys):
+    assert main(["rules"]) == 0
+    listed = capsys.readouterr().out
+    assert all(f"\n{name} " in listed for name in rules.RULES)
+    assert main(["ops"]) == 0
+    listed = capsys.readouterr().out
+    assert all(f"\n{name} " in listed for name in ops.OPS)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["search"], "not implemented yet"),
+    (["quickstart", "--rules", "bp", "hebbo"], "unknown rule(s) hebbo"),
+    (["quickstart", "--dataset", "cifar10", "--data-dir", "/no/such/dir"], "does not exist"),
+    (["quickstart", "--dataset", "mnist"], "unknown dataset 'mnist'"),
+])
+def test_bad_input_gives_one_line_and_status_2(argv, message, capsys, tmp_path):
+    assert main(argv + (["--out", str(tmp_path)] if argv[0] == "quickstart" else [])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("bionas: error: ") and message in err[-1]
+    assert not (tmp_path / "results.csv").exists()
+
+
+def test_quickstart_end_to_end_on_real_cifar10(cifar10_root, tmp_path, capsys):
+    out = tmp_path / "qs"
+    code = main(["quickstart", "--dataset", "cifar10", "--data-dir", str(cifar10_root), "--steps", "8",
+                 "--train-per-class", "20", "--test-per-class", "10", "--out", str(out), "--no-progress"])
+    assert code == 0
+    results = pd.read_csv(out / "results.csv")
+    assert list(results["network"]) == ["bp", "fa", "usf", "brsf", "frsf", "mixed"]
+    assert results.loc[results.network == "mixed", "rules"].item() == "bp+brsf+fa+frsf+usf"
+    assert results["test_acc"].between(0, 1).all() and results["first_loss"].notna().all()
+    assert len(pd.read_csv(out / "curves.csv")) == 6 * 8
+    config = json.loads((out / "config.json").read_text())
+    assert config["dataset"] == "cifar10" and config["config"]["seed"] == 0 and "bionas_version" in config
+    assert (out / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_console_script_entry_point_runs():
+    done = subprocess.run([sys.executable, "-m", "bionas", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("bionas ")
