@@ -128,7 +128,8 @@ def _train(model, optimizer, loader: BatchLoader, config: QuickstartConfig, labe
     from tqdm import tqdm
 
     losses: list[float] = []
-    bar = tqdm(total=config.steps, desc=f"{label:>6}", disable=not config.progress, leave=False)
+    # disable=None: bars only on a terminal, so logs and CI output stay readable
+    bar = tqdm(total=config.steps, desc=f"{label:>6}", disable=None if config.progress else True, leave=False)
     while len(losses) < config.steps:
         for x, y in loader:
             loss, acc = train_step(model, optimizer, x, y, step=len(losses))

