@@ -1,9 +1,10 @@
 """Forward+backward time of each learning rule's layers relative to plain torch layers.
 
-For every shape below, each rule's converted layer and the plain ``nn.Conv2d``/``nn.Linear`` run
-forward + backward (input gradient included) in interleaved rounds within one process; the
-table gives each rule's median time divided by the plain layer's median time from the same run.
-Target: every feedback rule within 1.15x of plain backprop.
+For every shape below, each rule's converted module and the plain torch module run forward +
+backward (input gradient included) in interleaved rounds within one process; the table gives
+each rule's median time divided by the plain module's median time from the same run. The ``bp``
+column is a control: it runs the plain forward through the rule-aware layer, so its distance
+from 1.0 shows the measurement noise. Target: every feedback rule within 1.15x of plain backprop.
 
     python scripts/bench_rules.py                      # CPU, writes results/bench_rules.csv
     python scripts/bench_rules.py --device cuda --out results/bench_rules_cuda.csv
@@ -22,15 +23,26 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bionas import rules  # noqa: E402
+from bionas.models import TinyNet  # noqa: E402
 from bionas.io import save_csv  # noqa: E402
 
-# name: (layer factory, input shape)
+# name: (module factory, input shape). Search-supernet sizes: 16 channels at 32x32 in the first
+# stage, 64 at 8x8 in the last, a 256->10 classifier; the TinyNet row is a whole network.
 SHAPES = {
     "conv3x3 64->64, 32x32, batch 64": (lambda: nn.Conv2d(64, 64, 3, padding=1, bias=False), (64, 64, 32, 32)),
     "depthwise dil5x5 64, 32x32, batch 64": (
         lambda: nn.Conv2d(64, 64, 5, padding=4, dilation=2, groups=64, bias=False), (64, 64, 32, 32)),
     "conv1x1 64->64 stride 2, batch 64": (lambda: nn.Conv2d(64, 64, 1, stride=2, bias=False), (64, 64, 32, 32)),
+    "search stage 1: depthwise 3x3 16, 32x32, batch 64": (
+        lambda: nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False), (64, 16, 32, 32)),
+    "search stage 3: depthwise 3x3 64, 8x8, batch 64": (
+        lambda: nn.Conv2d(64, 64, 3, padding=1, groups=64, bias=False), (64, 64, 8, 8)),
+    "search stage 3: pointwise 64->64, 8x8, batch 64": (
+        lambda: nn.Conv2d(64, 64, 1, bias=False), (64, 64, 8, 8)),
     "linear 1024->1024, batch 256": (lambda: nn.Linear(1024, 1024), (256, 1024)),
+    "linear 1024->1024, batch 1024": (lambda: nn.Linear(1024, 1024), (1024, 1024)),
+    "classifier: linear 256->10, batch 64": (lambda: nn.Linear(256, 10), (64, 256)),
+    "whole TinyNet (C=16), 32x32, batch 64": (lambda: TinyNet(3, 10, 16), (64, 3, 32, 32)),
 }
 
 

@@ -412,18 +412,20 @@ def ks_statistic_uniform(samples: torch.Tensor) -> float:
     return max(float((i / x.numel() - x).max()), float((x - (i - 1) / x.numel()).max()))
 
 
-def test_brsf_magnitudes_are_uniform_on_zero_to_xavier_bound():
-    """The 16-bit magnitude grid must still be U(0, a): range, moments, KS, and each 16-bit lane."""
+@pytest.mark.parametrize("shape", [(400, 500), (200, 250)])  # 16-bit grid path, float-draw path
+def test_brsf_magnitudes_are_uniform_on_zero_to_xavier_bound(shape):
+    """Magnitudes must be U(0, a) on both draw paths: range, moments, KS, and each 16-bit lane."""
     torch.manual_seed(0)
-    layer = rules.convert(nn.Linear(500, 400), "brsf", seed=11)
-    a = math.sqrt(6.0 / 900)
+    out_f, in_f = shape
+    layer = rules.convert(nn.Linear(in_f, out_f), "brsf", seed=11)
+    a = math.sqrt(6.0 / (in_f + out_f))
     draws = []
     for _ in range(5):
-        layer(torch.ones(1, 500))  # training-mode forwards redraw
-        draws.append(layer.rule.magnitude.flatten().double() / a)  # 200,000 samples of U(0, 1)
-    m = torch.cat(draws)  # 1,000,000 samples
+        layer(torch.ones(1, in_f))  # training-mode forwards redraw
+        draws.append(layer.rule.magnitude.flatten().double() / a)  # samples of U(0, 1)
+    m = torch.cat(draws)
     assert 0 < float(m.min()) and float(m.max()) < 1
-    assert float(m.mean()) == pytest.approx(0.5, abs=0.0015)  # sd of the mean: 0.0003
+    assert float(m.mean()) == pytest.approx(0.5, abs=0.0015)  # sd of the mean: <= 0.0006
     assert float(m.var()) == pytest.approx(1 / 12, abs=0.0005)
     assert ks_statistic_uniform(m) < 1.95 / math.sqrt(m.numel())  # KS at the 0.1% level
     for lane in range(4):  # every 16-bit slice of the 64-bit words is uniform too

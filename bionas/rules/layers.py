@@ -17,6 +17,11 @@ from torch.autograd.function import once_differentiable
 from bionas.rules.base import LearningRule
 
 
+def _as_dtype(dtype: torch.dtype, *tensors: Tensor) -> list[Tensor]:
+    """Saved tensors in the gradient's dtype (under autocast the forward ran in lower precision)."""
+    return [t if t.dtype == dtype else t.to(dtype) for t in tensors]
+
+
 class _FeedbackLinear(torch.autograd.Function):
     """y = x W^T + b; backward: dx = delta B, dW = delta^T x, db = sum delta."""
 
@@ -29,14 +34,13 @@ class _FeedbackLinear(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
-        x, feedback = ctx.saved_tensors
-        dtype = grad_out.dtype  # under autocast the forward ran in a lower precision
+        x, feedback = _as_dtype(grad_out.dtype, *ctx.saved_tensors)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = grad_out @ feedback.to(dtype)  # (*, out) @ (out, in) -> (*, in)
+            grad_x = grad_out @ feedback  # (*, out) @ (out, in) -> (*, in)
         delta = grad_out.reshape(-1, grad_out.shape[-1])  # (N, out)
         if ctx.needs_input_grad[1]:
-            grad_w = delta.t() @ x.reshape(-1, x.shape[-1]).to(dtype)  # (out, in)
+            grad_w = delta.t() @ x.reshape(-1, x.shape[-1])  # (out, in)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = delta.sum(0)
         return grad_x, grad_w, grad_b, None
@@ -55,14 +59,13 @@ class _FeedbackConv2d(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
-        x, feedback = ctx.saved_tensors
+        x, feedback = _as_dtype(grad_out.dtype, *ctx.saved_tensors)
         stride, padding, dilation, groups = ctx.conv
-        dtype = grad_out.dtype
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
         # The weight gradient does not depend on the weight argument, so one call with B gives
         # B^T delta for the input and the exact local gradients for weight and bias.
         grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
-            grad_out, x.to(dtype), feedback.to(dtype),
+            grad_out, x, feedback,
             [feedback.shape[0]] if ctx.has_bias else None,
             list(stride), list(padding), list(dilation), False, [0, 0], groups, mask,
         )
