@@ -61,3 +61,12 @@ def test_quickstart_end_to_end_on_real_cifar10(cifar10_root, tmp_path, capsys):
 def test_console_script_entry_point_runs():
     done = subprocess.run([sys.executable, "-m", "bionas", "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.startswith("bionas ")
+
+
+def test_divergence_is_one_line_and_writes_no_results(tmp_path, capsys):
+    code = main(["quickstart", "--dataset", "digits", "--rules", "fa", "--lr", "1e12", "--steps", "30",
+                 "--out", str(tmp_path), "--no-progress"])
+    assert code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("bionas: error: training loss became nan at step") and "--lr" in last
+    assert not (tmp_path / "results.csv").exists()

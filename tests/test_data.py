@@ -131,3 +131,18 @@ def test_loader_normalises_shuffles_reproducibly_and_resumes(cifar10_small):
     resumed = BatchLoader(train, 250, augment=Augmentation(4, True, 16), seed=1)
     resumed.load_state_dict(state)
     assert all(torch.equal(a, b) for a, b in zip(second, (x for x, _ in resumed)))
+
+
+def test_cifar100_pickle_layout_reads_fine_labels(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for name, n in (("train", 6), ("test", 3)):
+        with open(folder / name, "wb") as fh:
+            pickle.dump({"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                         "fine_labels": [0, 99, 5, 7, 42, 1][:n], "coarse_labels": [0] * n}, fh)
+    with open(folder / "meta", "wb") as fh:
+        pickle.dump({"fine_label_names": [f"f{i}" for i in range(100)]}, fh)
+    train = load_dataset("cifar100", tmp_path, "train")
+    assert train.labels.tolist() == [0, 99, 5, 7, 42, 1] and train.num_classes == 100
+    assert train.classes[99] == "f99" and len(load_dataset("cifar100", tmp_path, "test")) == 3

@@ -435,3 +435,16 @@ def test_brsf_magnitudes_are_uniform_on_zero_to_xavier_bound(shape):
     odd = rules.convert(nn.Linear(3, 3), "brsf", seed=0)  # 9 weights: not a multiple of 4
     odd(torch.ones(1, 3))
     assert odd.rule.magnitude.shape == (3, 3) and float(odd.rule.magnitude.min()) > 0
+
+
+@pytest.mark.parametrize("rule", FEEDBACK_RULES)
+def test_state_dict_round_trip_restores_the_feedback(rule):
+    """A checkpoint carries each layer's feedback state: loading it reproduces B exactly."""
+    torch.manual_seed(0)
+    a = make_linear(rule, seed=0)
+    a(torch.ones(2, 7, dtype=torch.float64))  # advance brSF's draws
+    b = make_linear(rule, seed=1)  # different weights and feedback
+    b.load_state_dict(a.state_dict())
+    for m in (a, b):
+        m.eval()
+    torch.testing.assert_close(recover_linear_feedback(b, 7, 5), recover_linear_feedback(a, 7, 5))
