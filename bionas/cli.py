@@ -101,15 +101,13 @@ def _first_line(obj) -> str:
 
 
 def _list_rules(args) -> int:
-    import inspect
-
     from bionas import rules
+    from bionas.rules.convert import rule_options
 
     print(f"{'rule':<6} {'kind':<9} {'options':<22} description")
     for name in rules.RULES:
         cls = rules.RULES.get(name)
-        params = list(inspect.signature(cls.__init__).parameters.values())[3:]
-        options = ", ".join(f"{p.name}={p.default!r}" for p in params) or "-"
+        options = ", ".join(f"{k}={v!r}" for k, v in rule_options(cls).items()) or "-"
         print(f"{name:<6} {cls.kind:<9} {options:<22} {_first_line(cls)}")
     return 0
 

@@ -296,8 +296,10 @@ def test_convert_same_seed_same_feedback_different_seed_different():
 def test_convert_rejects_unknown_rule_and_option():
     with pytest.raises(UnknownNameError, match="unknown learning rule 'nope'.*bp"):
         rules.convert(Net(), "nope")
-    with pytest.raises(ConfigError, match="fa"):
+    with pytest.raises(ConfigError, match="rule 'fa' does not take option.s. scale; it takes: none"):
         rules.convert(Net(), "fa", scale=2.0)
+    with pytest.raises(ConfigError, match="it takes: scale"):
+        rules.convert(Net(), "usf", sclae=2.0)
 
 
 @pytest.mark.parametrize("rule", FEEDBACK_RULES)

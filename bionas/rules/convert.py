@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import inspect
 import math
 from contextlib import contextmanager
 from typing import Iterator
@@ -27,11 +28,19 @@ _RULE_LAYER_FOR = {nn.Conv2d: RuleConv2d, nn.Linear: RuleLinear}
 def build_rule(name: str, weight: torch.Tensor, seed: int, index: int = 0, **options) -> LearningRule:
     """Instantiate rule ``name`` for one layer (``index`` within a conversion seeded ``seed``)."""
     cls = RULES.get(name)
+    accepted = rule_options(cls)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(f"rule {name!r} does not take option(s) {', '.join(unknown)}; "
+                          f"it takes: {', '.join(accepted) or 'none'}")
     gen = make_generator(layer_seed(seed, index), weight.device)
-    try:
-        return cls(weight.detach(), gen, **options)
-    except TypeError as err:  # unknown keyword for this rule
-        raise ConfigError(f"rule {name!r} does not take options {sorted(options)}: {err}") from None
+    return cls(weight.detach(), gen, **options)
+
+
+def rule_options(cls: type[LearningRule]) -> dict[str, object]:
+    """``{option: default}`` of a rule class (its constructor's keywords after weight, generator)."""
+    params = list(inspect.signature(cls.__init__).parameters.values())[3:]
+    return {p.name: p.default for p in params}
 
 
 def _convert_layer(layer: nn.Module, rule: str, seed: int, index: int, options: dict) -> nn.Module:

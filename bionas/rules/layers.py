@@ -87,10 +87,14 @@ class RuleLayer:
     exact_gradients: bool
     local_updates: bool
 
-    def _init_rule(self, rule: LearningRule) -> None:
+    def _adopt(self, source: nn.Module, rule: LearningRule):
+        """Take over ``source``'s parameters (the same ``Parameter`` objects) and install ``rule``."""
+        self.weight, self.bias = source.weight, source.bias
         self.rule = rule
         self.exact_gradients = False
         self.local_updates = False
+        self.train(source.training)
+        return self
 
     def forward(self, x: Tensor) -> Tensor:
         if self.exact_gradients:
@@ -116,10 +120,7 @@ class RuleLinear(RuleLayer, nn.Linear):
     @classmethod
     def from_module(cls, linear: nn.Linear, rule: LearningRule) -> "RuleLinear":
         layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
-        layer.weight, layer.bias = linear.weight, linear.bias  # the same Parameter objects
-        layer._init_rule(rule)
-        layer.train(linear.training)
-        return layer
+        return layer._adopt(linear, rule)
 
     def plain_forward(self, x: Tensor, detached: bool = False) -> Tensor:
         weight, bias = _params(self, detached)
@@ -139,10 +140,7 @@ class RuleConv2d(RuleLayer, nn.Conv2d):
             padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
             bias=conv.bias is not None, padding_mode=conv.padding_mode, device="meta",
         )
-        layer.weight, layer.bias = conv.weight, conv.bias
-        layer._init_rule(rule)
-        layer.train(conv.training)
-        return layer
+        return layer._adopt(conv, rule)
 
     def plain_forward(self, x: Tensor, detached: bool = False) -> Tensor:
         weight, bias = _params(self, detached)
