@@ -77,6 +77,9 @@ class LearningRule(nn.Module):
 
     name: ClassVar[str] = ""
     kind: ClassVar[str] = ""
+    # torch layer types this rule can learn; a search space may pair the rule only with ops
+    # whose weighted layers are all of these types
+    layer_types: ClassVar[tuple[type[nn.Module], ...]] = (nn.Conv2d, nn.Linear)
 
     def __init__(self, weight: Tensor, generator: torch.Generator):
         super().__init__()
