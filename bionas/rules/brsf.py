@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor
 
-from bionas.rules.base import FeedbackRule, layer_seed, make_generator, xavier_std
+from bionas.rules.base import FeedbackRule, layer_seed, xavier_std
 from bionas.rules.registry import RULES
 
 
