@@ -84,15 +84,12 @@ def run_quickstart(config: QuickstartConfig) -> pd.DataFrame:
     train = load_dataset(name, config.data_dir, "train", config.train_per_class, config.seed)
     test = load_dataset(name, config.data_dir, "test", config.test_per_class, config.seed)
     out = Path(config.out)
-    save_json({"config": dataclasses.asdict(config), "dataset": name, "bionas_version": bionas.__version__,
-               "torch_version": torch.__version__, "train_images": len(train), "test_images": len(test)},
-              out / "config.json")
     log.info("quickstart on %s: %d training and %d test images, %d steps per network",
              name, len(train), len(test), config.steps)
 
     mixed_rules = [r for r in _default_rules() if r != MIXED]
     rows, curves = [], []
-    for i, net_rule in enumerate(config.rules):
+    for net_rule in config.rules:
         torch.manual_seed(config.seed)
         rule_arg = mixed_rules if net_rule == MIXED else net_rule
         model = tiny_net(train.channels, train.num_classes, rule_arg, C=config.channels, seed=config.seed)
@@ -118,6 +115,11 @@ def run_quickstart(config: QuickstartConfig) -> pd.DataFrame:
         log.info("%s: loss %.3f -> %.3f, test accuracy %.3f", net_rule, rows[-1]["first_loss"],
                  rows[-1]["last_loss"], test_acc)
     results, curve_frame = pd.DataFrame(rows), pd.DataFrame(curves)
+    # Written only once every network has trained: a run that fails part-way (NaN, Ctrl-C) leaves
+    # an earlier run's files in ``out`` untouched, never a config beside someone else's results.
+    save_json({"config": dataclasses.asdict(config), "dataset": name, "bionas_version": bionas.__version__,
+               "torch_version": torch.__version__, "train_images": len(train), "test_images": len(test)},
+              out / "config.json")
     save_csv(results, out / "results.csv")
     save_csv(curve_frame, out / "curves.csv")
     _plot(curve_frame, out / "loss_curves.png")

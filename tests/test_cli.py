@@ -40,7 +40,7 @@ def test_bad_input_gives_one_line_and_status_2(argv, message, capsys, tmp_path):
     assert main(argv + (["--out", str(tmp_path)] if argv[0] == "quickstart" else [])) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("bionas: error: ") and message in err[-1]
-    assert not (tmp_path / "results.csv").exists()
+    assert not any(tmp_path.iterdir())  # nothing written, config.json included
 
 
 def test_quickstart_end_to_end_on_real_cifar10(cifar10_root, tmp_path, capsys):
@@ -69,4 +69,16 @@ def test_divergence_is_one_line_and_writes_no_results(tmp_path, capsys):
     assert code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("bionas: error: training loss became nan at step") and "--lr" in last
-    assert not (tmp_path / "results.csv").exists()
+    assert not any(tmp_path.iterdir())  # nothing written, config.json included
+
+
+def test_a_failed_rerun_leaves_the_earlier_run_intact(tmp_path, capsys):
+    out = str(tmp_path)
+    base = ["quickstart", "--dataset", "digits", "--rules", "bp", "--steps", "5", "--out", out, "--no-progress"]
+    assert main(base) == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert {"config.json", "results.csv", "curves.csv", "loss_curves.png"} <= set(before)
+    diverging = ["quickstart", "--dataset", "digits", "--rules", "bp", "--steps", "30", "--lr", "1e12",
+                 "--out", out, "--no-progress"]
+    assert main(diverging) == 2
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # byte for byte, no stray temp files
