@@ -97,8 +97,8 @@ def _decode(path: Path) -> np.ndarray:
 def load_cifar(name: str, root: str | Path, split: str, per_class: int | None = None, seed: int = 0) -> ImageArrays:
     """Load split ``"train"`` or ``"test"`` of ``cifar10``/``cifar100`` into memory.
 
-    ``per_class`` keeps a seeded, class-balanced subset of that many images per class, chosen
-    before decoding so a small subset of an image folder loads in a fraction of a second.
+    ``per_class`` keeps a seeded, class-balanced subset of that many images per class
+    (:func:`~bionas.data.arrays.balanced_subset`, the same choice for either layout).
     """
     if name not in SPECS:
         raise DataError(f"unknown CIFAR variant {name!r}; choose cifar10 or cifar100")
@@ -106,7 +106,6 @@ def load_cifar(name: str, root: str | Path, split: str, per_class: int | None = 
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     root = Path(root).expanduser()
     layout, where = find_layout(name, root)
-    gen = torch.Generator().manual_seed(seed)
     mean, std = SPECS[name][5], SPECS[name][6]
     if layout == "pickle":
         files = SPECS[name][1] if split == "train" else SPECS[name][2]
@@ -119,13 +118,10 @@ def load_cifar(name: str, root: str | Path, split: str, per_class: int | None = 
         classes, files = _folder_files(where / split)
         if len(classes) != SPECS[name][4]:
             raise DataError(f"{where / split} has {len(classes)} class folders, {name} has {SPECS[name][4]}")
-        picked, labels_list = [], []
-        for label, class_files in enumerate(files):
-            if per_class is not None and per_class < len(class_files):
-                order = torch.randperm(len(class_files), generator=gen)[:per_class].sort().values
-                class_files = [class_files[i] for i in order]
-            picked += class_files
-            labels_list += [label] * len(class_files)
-        images_t = torch.from_numpy(np.stack([_decode(p) for p in picked])).permute(0, 3, 1, 2).contiguous()
-        labels_t = torch.tensor(labels_list, dtype=torch.int64)
+        paths = [p for class_files in files for p in class_files]
+        labels_t = torch.tensor([label for label, fs in enumerate(files) for _ in fs], dtype=torch.int64)
+        if per_class is not None:  # pick before decoding: a small subset loads in a fraction of a second
+            keep = balanced_subset(labels_t, per_class * len(classes), seed)
+            paths, labels_t = [paths[i] for i in keep], labels_t[keep]
+        images_t = torch.from_numpy(np.stack([_decode(p) for p in paths])).permute(0, 3, 1, 2).contiguous()
     return ImageArrays(name, images_t, labels_t, classes, mean, std)
