@@ -88,12 +88,6 @@ class SearchSpace:
     def __len__(self) -> int:
         return len(self.candidates)
 
-    def index(self, candidate: Candidate) -> int:
-        try:
-            return self.candidates.index(candidate)
-        except ValueError:
-            raise ConfigError(f"candidate {candidate} is not in search space {self.name!r}") from None
-
     def to_dict(self) -> dict:
         by_op: dict[str, list[str]] = {}
         for c in self.candidates:
