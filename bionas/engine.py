@@ -14,12 +14,13 @@ class TrainingDiverged(BionasError):
     """The loss became NaN or infinite."""
 
 
-def check_finite(loss: torch.Tensor, step: int, what: str = "training") -> float:
-    """Return ``loss`` as a float, or raise :class:`TrainingDiverged` naming the step and a fix."""
+def check_finite(loss: torch.Tensor, step: int, what: str = "training",
+                 fix: str = "lower the learning rate (--lr)") -> float:
+    """Return ``loss`` as a float, or raise :class:`TrainingDiverged` naming the step and ``fix``
+    (a command with more remedies, such as gradient clipping, passes its own)."""
     value = float(loss.detach())
     if not math.isfinite(value):
-        raise TrainingDiverged(f"{what} loss became {value} at step {step}; lower the learning rate "
-                               f"(--lr) or enable gradient clipping, then rerun")
+        raise TrainingDiverged(f"{what} loss became {value} at step {step}; {fix}, then rerun")
     return value
 
 
