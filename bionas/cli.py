@@ -14,7 +14,6 @@ from bionas.errors import BionasError
 
 # Which issue brings each command still being built (printed instead of a traceback).
 PLANNED = {
-    "search": "the BioNAS-DARTS / BioNAS-EG search (issues #3 and #4)",
     "train": "retraining of genotypes and baselines (issue #5)",
     "attack": "the robustness suite (issue #6)",
 }
@@ -57,16 +56,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(handler=_quickstart)
 
-    p = sub.add_parser("search", help="search a cell: DARTS or EG-NAS over op x rule pairs (in progress)")
-    p.add_argument("--method", choices=["darts", "eg"], default="darts")
-    p.add_argument("--space", default="bionas", help="search space name or YAML path (default: %(default)s)")
-    _add_data_options(p)
-    _add_run_options(p, "runs/search")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--order", choices=["first", "second"], default="first", help="DARTS approximation order")
-    p.add_argument("--preset", default=None, help="named preset, e.g. smoke")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.set_defaults(handler=_planned)
+    p = sub.add_parser("search", help="search a cell over (op, rule) pairs: DARTS (or EG-NAS, coming)",
+                       description="Search a cell whose edges choose an (operation, learning rule) pair. "
+                                   "Options resolve as: paper defaults < --preset < --config < flags and --set. "
+                                   "Writes genotype.json, the plots, logs and a checkpoint per epoch to --out.")
+    p.add_argument("--method", default=None, help="search strategy: darts (default)")
+    p.add_argument("--space", default=None, help="search space name in search_spaces/ or a YAML path (default: bionas)")
+    p.add_argument("--dataset", default=None, help="cifar10, cifar100, digits, or auto (default: auto)")
+    p.add_argument("--data-dir", default=None, help="dataset directory (default: $BIONAS_DATA)")
+    p.add_argument("--out", default=None, help="output directory (default: runs/search)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: 0)")
+    p.add_argument("--epochs", type=int, default=None, help="search epochs (default: 50)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: 256")
+    p.add_argument("--channels", type=int, default=None, help="supernet initial channels (default: the space's)")
+    p.add_argument("--cells", type=int, default=None, help="supernet cells (default: the space's)")
+    p.add_argument("--order", choices=["first", "second"], default=None, help="DARTS gradient order (default: first)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, ... (default: auto)")
+    p.add_argument("--preset", default=None, help="named preset from bionas/configs/search.yaml, e.g. smoke")
+    p.add_argument("--config", default=None, metavar="YAML", help="options from a YAML file (e.g. a run's config.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config field, e.g. --set lr=0.05 --set arch_gradient=exact (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_search)
 
     p = sub.add_parser("train", help="retrain a genotype or a single-rule ResNet baseline (in progress)")
     p.add_argument("--genotype", default=None, help="genotype file or registered name")
@@ -135,6 +147,36 @@ def _quickstart(args) -> int:
     cols = ["network", "first_loss", "last_loss", "test_acc", "mean_alignment_deg", "seconds"]
     print(results[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"wrote {args.out}/results.csv, curves.csv, loss_curves.png, config.json")
+    return 0
+
+
+def _search(args) -> int:
+    from bionas.search import SearchConfig, resolve_config, run_search
+    from bionas.search.config import parse_assignment
+
+    flags = {"method": args.method, "space": args.space, "dataset": args.dataset, "data_dir": args.data_dir,
+             "out": args.out, "seed": args.seed, "epochs": args.epochs, "batch_size": args.batch_size,
+             "channels": args.channels, "cells": args.cells, "order": args.order, "device": args.device}
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    overrides.update(parse_assignment(text) for text in args.set)
+    if args.no_progress:
+        overrides["progress"] = False
+    if args.resume:
+        # the run's own config.yaml rules; flags may only repeat it (checked by run_search)
+        out = overrides.get("out", SearchConfig.out)
+        config = SearchConfig(out=out, progress=not args.no_progress)
+        result = run_search(config, resume=True, overrides=overrides)
+    else:
+        config = resolve_config(args.preset, args.config, overrides)
+        result = run_search(config)
+    history = result.history
+    if len(history):
+        last = history.iloc[-1]
+        print(f"searched {len(history)} epochs: final train acc {last['train_acc']:.3f}, "
+              f"val acc {last['val_acc']:.3f}, {history['seconds'].sum():.0f} s in all")
+    print(f"genotype: {result.genotype.to_darts_literal()}")
+    print(f"wrote {result.out}/genotype.json, genotype.txt, mixing_weights.png, cells.png, search_log.csv, "
+          f"arch_history.json, config.yaml, checkpoint.pt")
     return 0
 
 

@@ -15,7 +15,7 @@ from typing import Callable
 from bionas.data.arrays import ImageArrays, balanced_subset, search_split
 from bionas.data.cifar import load_cifar
 from bionas.data.digits import load_digits
-from bionas.data.loader import Augmentation, BatchLoader
+from bionas.data.loader import Augmentation, BatchLoader, BatchStream
 from bionas.errors import DataError
 from bionas.registry import Registry
 
@@ -76,7 +76,7 @@ def load_dataset(name: str, data_dir: str | Path | None = None, split: str = "tr
 
 
 __all__ = [
-    "ImageArrays", "BatchLoader", "Augmentation", "DATASETS", "TRAIN_AUGMENTATION", "ENV_VAR",
+    "ImageArrays", "BatchLoader", "BatchStream", "Augmentation", "DATASETS", "TRAIN_AUGMENTATION", "ENV_VAR",
     "load_dataset", "resolve_data_dir", "resolve_dataset_name", "balanced_subset", "search_split",
     "load_cifar", "load_digits",
 ]

@@ -92,14 +92,18 @@ class BatchLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        n = len(self.data)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        self.epoch += 1
+        order = self.new_order()
         for b in range(len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            yield self._batch(idx)
+            yield self.batch(order[b * self.batch_size:(b + 1) * self.batch_size])
 
-    def _batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+    def new_order(self) -> Tensor:
+        """The sample order of the next pass (a seeded permutation when shuffling)."""
+        n = len(self.data)
+        self.epoch += 1
+        return torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+
+    def batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """Images ``idx`` as a normalised, augmented batch (augmentation draws from the loader's generator)."""
         x = self.data.images[idx].to(self.device, non_blocking=True).float().div_(255.0)  # (B, C, H, W)
         aug, gen = self.augment, self.generator
         if aug is not None:
@@ -117,3 +121,40 @@ class BatchLoader:
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         self.epoch = int(state["epoch"])
+
+
+class BatchStream:
+    """An endless, resumable stream of full batches from a :class:`BatchLoader`.
+
+    Passes over the data follow one another (a fresh seeded order each pass, the last partial
+    batch of a pass dropped so every batch has ``batch_size`` images). Unlike a Python iterator
+    the stream can be saved and resumed *mid-pass*: its ``state_dict`` holds the current order,
+    the position in it and the loader's generator. DARTS draws its architecture batches from such
+    a persistent iterator over the validation half.
+    """
+
+    def __init__(self, loader: BatchLoader):
+        self.loader = loader
+        self.batches_per_pass = len(loader.data) // loader.batch_size
+        if self.batches_per_pass < 1:
+            raise ValueError(f"{len(loader.data)} images cannot fill one batch of {loader.batch_size}")
+        self.order: Tensor | None = None
+        self.position = 0
+
+    def __iter__(self) -> "BatchStream":
+        return self
+
+    def __next__(self) -> tuple[Tensor, Tensor]:
+        if self.order is None or self.position >= self.batches_per_pass:
+            self.order, self.position = self.loader.new_order(), 0
+        size = self.loader.batch_size
+        idx = self.order[self.position * size:(self.position + 1) * size]
+        self.position += 1
+        return self.loader.batch(idx)
+
+    def state_dict(self) -> dict:
+        return {"loader": self.loader.state_dict(), "order": self.order, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loader.load_state_dict(state["loader"])
+        self.order, self.position = state["order"], int(state["position"])

@@ -1,0 +1,34 @@
+"""Packaged YAML configs: named presets per command (``search.yaml``: ``smoke``, ...)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from bionas.errors import ConfigError, UnknownNameError
+
+CONFIG_DIR = Path(__file__).resolve().parent
+
+
+def load_yaml_mapping(path: str | Path, what: str) -> dict:
+    """Parse a YAML file that must hold a mapping; one-line errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of {what} options, got {type(data).__name__}")
+    return data
+
+
+def preset(command: str, name: str) -> dict:
+    """The options of preset ``name`` in ``configs/<command>.yaml``."""
+    presets = load_yaml_mapping(CONFIG_DIR / f"{command}.yaml", f"{command} presets").get("presets", {})
+    if name not in presets:
+        raise UnknownNameError(f"unknown {command} preset {name!r}; choose from {', '.join(sorted(presets))}")
+    return dict(presets[name] or {})

@@ -1,0 +1,148 @@
+"""BioNAS-DARTS: gradient descent on the architecture logits (BioNAS section 3.3, eqs. 6-9).
+
+Liu, Simonyan & Yang (2019), "DARTS: Differentiable Architecture Search", ICLR,
+https://arxiv.org/abs/1806.09055
+
+    first order:   grad_a L_val(w, a)
+    second order:  grad_a L_val(w', a) - xi * grad2_{a,w} L_train(w, a) . grad_w' L_val(w', a),
+                   w' = the weight optimiser's next step from w,
+                   grad2 . v ~ (grad_a L_train(w + eps v, a) - grad_a L_train(w - eps v, a)) / (2 eps),
+                   eps = unrolled_radius / ||v||                                    (DARTS eq. 7-8)
+
+Adam moves the logits (lr 3e-4, betas (0.5, 0.999), weight decay 1e-3); the base class trains
+the weights by SGD. The errors that reach the logits flow back through every edge's own
+learning rule, as in the paper's implementation (biotorch layers); ``arch_gradient: exact``
+uses the true gradient for the architecture step instead.
+
+Two details beyond the DARTS paper, both so the approximation is the derivative it claims to be:
+
+* ``w'`` is the weight optimiser's own next step -- momentum, Nesterov and weight decay included
+  (the DARTS code also folds in momentum and weight decay). Its derivative with respect to the
+  training gradient is ``lr`` for plain momentum and ``lr (1 + mu)`` for Nesterov, so that is
+  ``xi``. Gradient clipping is not mirrored (nor is it in DARTS).
+* The two finite-difference passes at ``w +- eps v`` share one random-feedback draw: brSF
+  redraws its feedback at each training forward, and a fresh draw between the two passes would
+  put the difference of two random feedbacks, divided by ``2 eps``, into the gradient.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import functional_call
+
+from bionas import rules
+from bionas.engine import check_finite
+from bionas.search.strategy import (DIVERGED_FIX, STRATEGIES, Batch, SearchStrategy, accuracy,
+                                    preserved_batchnorm_statistics)
+
+
+@contextmanager
+def no_feedback_redraws(model: torch.nn.Module) -> Iterator[None]:
+    """Rules keep their current random feedback for the block (their ``training`` flag is off;
+    batch norm and the rest of the model keep their mode)."""
+    layer_rules = [layer.rule for _, layer in rules.rule_layers(model)]
+    modes = [r.training for r in layer_rules]
+    for r in layer_rules:
+        r.train(False)
+    try:
+        yield
+    finally:
+        for r, mode in zip(layer_rules, modes):
+            r.train(mode)
+
+
+@STRATEGIES.register("darts")
+class DartsStrategy(SearchStrategy):
+    """DARTS over (op, rule) candidates; ``config.order`` picks the first- or second-order gradient."""
+
+    name = "darts"
+
+    def __init__(self, model, config):
+        super().__init__(model, config)
+        self.arch_optimizer = torch.optim.Adam(model.arch_parameters(), lr=config.arch_lr,
+                                               betas=tuple(config.arch_betas), weight_decay=config.arch_weight_decay)
+
+    def update_architecture(self, train_batch: Batch, val_batch: Batch, step: int) -> dict[str, float]:
+        model = self.model
+        model.train()
+        with preserved_batchnorm_statistics(model), self.architecture_gradient_mode():
+            if self.config.order == "second":
+                grads, loss, logits = self.unrolled_gradient(train_batch, val_batch)
+            else:
+                logits = model(val_batch[0])  # (B, classes)
+                loss = F.cross_entropy(logits, val_batch[1])
+                grads = torch.autograd.grad(loss, model.arch_parameters())
+        value = check_finite(loss, step, "search architecture", DIVERGED_FIX)
+        self.arch_optimizer.zero_grad(set_to_none=True)
+        for alpha, grad in zip(model.arch_parameters(), grads):
+            alpha.grad = grad
+        self.arch_optimizer.step()
+        return {"arch_loss": value, "arch_acc": accuracy(logits, val_batch[1])}
+
+    # --- second order ---------------------------------------------------------------------------
+    def unrolled_gradient(self, train_batch: Batch, val_batch: Batch) -> tuple[list[Tensor], Tensor, Tensor]:
+        """The second-order architecture gradient, the validation loss at ``w'`` and its logits."""
+        model = self.model
+        names, params = zip(*model.named_weight_parameters())
+        alphas = model.arch_parameters()
+        (xt, yt), (xv, yv) = train_batch, val_batch
+
+        # w' = the step the weight optimiser would take from w on this training batch
+        grads_train = torch.autograd.grad(F.cross_entropy(model(xt), yt), params, allow_unused=True)
+        with torch.no_grad():
+            unrolled = [self.virtual_step(p, g).requires_grad_() for p, g in zip(params, grads_train)]
+        logits = functional_call(model, dict(zip(names, unrolled)), (xv,))  # (B, classes)
+        loss = F.cross_entropy(logits, yv)
+        grads = torch.autograd.grad(loss, [*alphas, *unrolled], allow_unused=True)
+        d_alpha = list(grads[:len(alphas)])
+        v = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads[len(alphas):])]
+
+        norm = torch.sqrt(sum(vi.pow(2).sum() for vi in v))
+        if float(norm) == 0.0:
+            return d_alpha, loss.detach(), logits.detach()
+        eps = self.config.unrolled_radius / norm
+        plus = self._train_arch_gradient(names, params, v, eps, train_batch)
+        with no_feedback_redraws(model):  # the same random feedback on both sides of the difference
+            minus = self._train_arch_gradient(names, params, v, -eps, train_batch)
+        xi = self.xi()
+        return ([da - xi * (gp - gm) / (2 * eps) for da, gp, gm in zip(d_alpha, plus, minus)],
+                loss.detach(), logits.detach())
+
+    def _train_arch_gradient(self, names: Sequence[str], params: Sequence[Tensor], v: Sequence[Tensor],
+                             eps: Tensor, batch: Batch) -> tuple[Tensor, ...]:
+        """``grad_a L_train(w + eps v, a)`` (the weights held constant)."""
+        shifted = {n: p.detach() + eps * vi for n, p, vi in zip(names, params, v)}
+        loss = F.cross_entropy(functional_call(self.model, shifted, (batch[0],)), batch[1])
+        return torch.autograd.grad(loss, self.model.arch_parameters())
+
+    def xi(self) -> float:
+        """d w' / d (training gradient): ``lr``, times ``1 + momentum`` under Nesterov."""
+        group = self.weight_optimizer.param_groups[0]
+        return group["lr"] * (1.0 + group["momentum"] if group["nesterov"] else 1.0)
+
+    @torch.no_grad()
+    def virtual_step(self, p: Tensor, grad: Tensor | None) -> Tensor:
+        """What ``torch.optim.SGD.step`` would make of ``p`` given ``grad``, without changing anything."""
+        group = self.weight_optimizer.param_groups[0]
+        if grad is None:  # SGD leaves parameters without a gradient alone
+            return p.detach().clone()
+        if group["dampening"]:
+            raise NotImplementedError("the unrolled step mirrors SGD without dampening")
+        d = grad + group["weight_decay"] * p if group["weight_decay"] else grad.clone()
+        mu = group["momentum"]
+        if mu:
+            buf = self.weight_optimizer.state.get(p, {}).get("momentum_buffer")
+            buf = d.clone() if buf is None else mu * buf + d
+            d = d + mu * buf if group["nesterov"] else buf
+        return p.detach() - group["lr"] * d
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "arch_optimizer": self.arch_optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.arch_optimizer.load_state_dict(state["arch_optimizer"])

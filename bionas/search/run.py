@@ -1,0 +1,266 @@
+"""One loop drives every search strategy: data, supernet, epochs, logs, checkpoints, plots.
+
+Outputs in ``config.out`` (every file written atomically):
+
+* ``config.yaml`` -- the resolved config (``bionas search --config`` repeats the run);
+* ``checkpoint.pt`` -- after every epoch: supernet, strategy (optimisers, schedules), data
+  streams, history; ``resume=True`` continues from it and, on the same device, ends exactly where
+  an uninterrupted run would;
+* ``search_log.csv`` -- per epoch: losses and accuracies, learning rate, seconds, the genotype of
+  the moment (as a DARTS literal);
+* ``arch_history.json`` -- per epoch (0 = before training): the genotype and the mixing weights;
+* at the end: ``genotype.json`` (the result, with final mixing weights), ``genotype.txt`` (DARTS
+  literal), ``mixing_weights.png`` and ``cells.png``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+import bionas
+from bionas.data import TRAIN_AUGMENTATION, BatchLoader, BatchStream, load_dataset, resolve_dataset_name, search_split
+from bionas.engine import evaluate
+from bionas.errors import ConfigError
+from bionas.io import atomic_open, save_csv, save_json, save_torch
+from bionas.search.config import SearchConfig, apply_options
+from bionas.search.genotype import Genotype
+from bionas.search.space import SupernetShape, load_space
+from bionas.search.strategy import STRATEGIES
+from bionas.search.supernet import Supernet
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "bionas-search-checkpoint/1"
+
+
+@dataclass
+class SearchResult:
+    genotype: Genotype
+    history: pd.DataFrame  # one row per epoch
+    out: Path
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device cuda was asked for but CUDA is not available; use --device cpu")
+    return device
+
+
+class _Search:
+    """Everything one search holds, built from a config (and a checkpoint when resuming)."""
+
+    def __init__(self, config: SearchConfig):
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.space = load_space(config.space)
+        shape = self.space.supernet
+        overrides = {k: getattr(config, k) for k in ("channels", "cells", "nodes") if getattr(config, k) is not None}
+        self.shape = dataclasses.replace(shape, **overrides) if overrides else shape
+        self.dataset = resolve_dataset_name(config.dataset, config.data_dir)
+        data = load_dataset(self.dataset, config.data_dir, "train", config.per_class, config.seed)
+        weight_idx, arch_idx = search_split(len(data), config.seed, config.train_portion)
+        self.train_data, self.val_data = data.subset(weight_idx), data.subset(arch_idx)
+        for what, part in (("weight", self.train_data), ("architecture", self.val_data)):
+            if len(part) < config.batch_size:
+                raise ConfigError(f"the {what} half holds {len(part)} images, fewer than one batch of "
+                                  f"{config.batch_size}; lower --batch-size or raise per_class")
+        augment = TRAIN_AUGMENTATION[self.dataset] if config.augment else None
+        self.train_stream = BatchStream(BatchLoader(self.train_data, config.batch_size, augment=augment,
+                                                    seed=config.seed + 1, device=self.device))
+        # the architecture's batches come from a persistent iterator over the other half (DARTS)
+        self.val_stream = BatchStream(BatchLoader(self.val_data, config.batch_size, augment=augment,
+                                                  seed=config.seed + 2, device=self.device))
+        self.steps_per_epoch = self.train_stream.batches_per_pass
+        if config.steps_per_epoch is not None:
+            self.steps_per_epoch = min(self.steps_per_epoch, config.steps_per_epoch)
+
+        torch.manual_seed(config.seed)  # nothing should draw from it, but keep any stray use repeatable
+        self.model = Supernet(self.space, data.channels, data.num_classes, seed=config.seed, shape=self.shape,
+                              rule_options=config.rule_options, init=config.init).to(self.device)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.strategy = STRATEGIES.get(config.method)(self.model, config)
+        self.history: list[dict] = []
+        self.arch_history: list[dict] = []
+        self.epoch = 0
+
+    def batch(self, stream: BatchStream):
+        x, y = next(stream)
+        if self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+    # --- persistence ----------------------------------------------------------------------------
+    def checkpoint(self) -> dict:
+        return {"format": CHECKPOINT_FORMAT, "bionas_version": bionas.__version__, "config": self.config.to_dict(),
+                "epoch": self.epoch, "model": self.model.state_dict(), "strategy": self.strategy.state_dict(),
+                "train_stream": self.train_stream.state_dict(), "val_stream": self.val_stream.state_dict(),
+                "history": self.history, "arch_history": self.arch_history,
+                "torch_rng": torch.get_rng_state()}
+
+    def restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.strategy.load_state_dict(state["strategy"])
+        self.train_stream.load_state_dict(state["train_stream"])
+        self.val_stream.load_state_dict(state["val_stream"])
+        self.history, self.arch_history = list(state["history"]), list(state["arch_history"])
+        self.epoch = int(state["epoch"])
+        torch.set_rng_state(state["torch_rng"])
+
+    def record_architecture(self) -> Genotype:
+        genotype = self.strategy.derive()
+        self.arch_history.append({"epoch": self.epoch, "genotype": genotype.to_dict()})
+        return genotype
+
+
+def _check_out(out: Path, resume: bool) -> dict | None:
+    """The checkpoint to resume from, or ``None`` for a fresh run; refuse to overwrite a run."""
+    path = out / "checkpoint.pt"
+    if resume:
+        if not path.is_file():
+            raise ConfigError(f"nothing to resume: {path} does not exist (run without --resume to start)")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise ConfigError(f"{path} is not a bionas search checkpoint")
+        return state
+    if path.exists() or (out / "genotype.json").exists():
+        raise ConfigError(f"{out} already holds a search; pass --resume to continue it or choose another --out")
+    return None
+
+
+def resumed_config(state: dict, overrides: dict | None = None) -> SearchConfig:
+    """The config saved in a checkpoint; ``overrides`` may only repeat it (or change ``progress``/``out``)."""
+    saved = apply_options(SearchConfig(), state["config"], "the checkpoint")
+    changed = {k: v for k, v in (overrides or {}).items()
+               if k not in ("progress", "out") and apply_options(saved, {k: v}, "the command line") != saved}
+    if changed:
+        raise ConfigError(f"--resume continues the saved run, which has {', '.join(f'{k}={getattr(saved, k)!r}' for k in changed)}; "
+                          f"drop {', '.join(changed)} from the command or start a new run in another --out")
+    return saved
+
+
+def run_search(config: SearchConfig, resume: bool = False, overrides: dict | None = None,
+               on_epoch_end: Callable[[int], None] | None = None) -> SearchResult:
+    """Run (or with ``resume``, continue) a search as configured; returns the derived genotype.
+
+    With ``resume`` only ``config.out`` and ``config.progress`` are read: the rest comes from the
+    checkpoint in ``out``, and ``overrides`` (options given on the command line) must agree with
+    it. ``on_epoch_end(epoch)`` is called after each epoch's checkpoint is on disk (tests use it
+    to interrupt a run).
+    """
+    config.validate()
+    out = Path(config.out)
+    state = _check_out(out, resume)
+    if state is not None:
+        config = dataclasses.replace(resumed_config(state, overrides), out=config.out, progress=config.progress)
+    search = _Search(config)
+    if state is not None:
+        search.restore(state)
+        log.info("resuming %s after epoch %d of %d", out, search.epoch, config.epochs)
+    else:
+        with atomic_open(out / "config.yaml") as fh:
+            yaml.safe_dump(config.to_dict(), fh, sort_keys=False)
+        search.record_architecture()  # epoch 0: the mixing weights before any training
+    log.info("%s search over space %r (%d candidates per edge, %d cells of %d channels) on %s: %d + %d images, "
+             "%d steps per epoch, %d epochs, %s", config.method, search.space.name, len(search.space),
+             search.shape.cells, search.shape.channels, search.dataset, len(search.train_data), len(search.val_data),
+             search.steps_per_epoch, config.epochs, search.device)
+
+    while search.epoch < config.epochs:
+        _run_epoch(search)
+        save_torch(search.checkpoint(), out / "checkpoint.pt")
+        _write_logs(search, out)
+        if on_epoch_end is not None:
+            on_epoch_end(search.epoch)
+
+    genotype = search.strategy.derive()
+    genotype.save(out / "genotype.json")
+    with atomic_open(out / "genotype.txt") as fh:
+        fh.write(genotype.to_darts_literal() + "\n")
+    _write_logs(search, out)
+    from bionas.search import plots
+
+    plots.plot_mixing_weights(search.arch_history, out / "mixing_weights.png")
+    plots.draw_cells(genotype, out / "cells.png")
+    return SearchResult(genotype, pd.DataFrame(search.history), out)
+
+
+def _run_epoch(search: _Search) -> None:
+    from tqdm import tqdm
+
+    config, strategy = search.config, search.strategy
+    epoch = search.epoch + 1
+    lr = strategy.lr
+    start = time.perf_counter()
+    sums: dict[str, float] = {}
+    bar = tqdm(range(search.steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", leave=False,
+               disable=None if config.progress else True)
+    for i in bar:
+        step = search.epoch * search.steps_per_epoch + i
+        metrics = strategy.step(search.batch(search.train_stream), search.batch(search.val_stream), step)
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + v
+        bar.set_postfix({k: f"{v / (i + 1):.3f}" for k, v in sums.items()})
+    bar.close()
+    strategy.end_epoch()
+    search.epoch = epoch
+    means = {k: v / search.steps_per_epoch for k, v in sums.items()}
+    val_loss, val_acc = evaluate(search.model, _eval_loader(search))
+    genotype = search.record_architecture()
+    row = {"epoch": epoch, "lr": lr, "train_loss": means.get("loss"), "train_acc": means.get("acc"),
+           **{k: v for k, v in means.items() if k not in ("loss", "acc")},
+           "val_loss": val_loss, "val_acc": val_acc, "seconds": time.perf_counter() - start,
+           "genotype": genotype.to_darts_literal()}
+    search.history.append(row)
+    log.info("epoch %d/%d: train loss %.3f acc %.3f, val loss %.3f acc %.3f, lr %.4f, %.1f s", epoch,
+             config.epochs, row["train_loss"], row["train_acc"], val_loss, val_acc, lr, row["seconds"])
+    log.info("epoch %d genotype: %s", epoch, row["genotype"])
+
+
+class _ChannelsLast:
+    """Wrap a loader so its images come channels-last, like the training batches."""
+
+    def __init__(self, loader, enabled: bool):
+        self.loader, self.enabled = loader, enabled
+
+    def __iter__(self):
+        for x, y in self.loader:
+            yield (x.contiguous(memory_format=torch.channels_last) if self.enabled else x), y
+
+
+def _eval_loader(search: _Search):
+    """The whole architecture half, unaugmented, in eval mode (DARTS ``infer``)."""
+    loader = BatchLoader(search.val_data, max(search.config.batch_size, 256), shuffle=False, device=search.device)
+    return _ChannelsLast(loader, search.config.channels_last)
+
+
+def _write_logs(search: _Search, out: Path) -> None:
+    save_csv(pd.DataFrame(search.history), out / "search_log.csv")
+    save_json({"candidates": [str(c) for c in search.space.candidates], "epochs": search.arch_history},
+              out / "arch_history.json")
+
+
+def load_arch_history(path: str | Path) -> list[dict]:
+    import json
+
+    return json.loads(Path(path).read_text())["epochs"]
+
+
+def mixing_weight_series(arch_history: list[dict], cell: str) -> np.ndarray:
+    """(epochs, edges, candidates) mixing weights of ``cell`` ("normal" or "reduce") over the search."""
+    return np.array([entry["genotype"]["weights"][cell] for entry in arch_history])
+
+
+__all__ = ["run_search", "SearchResult", "SupernetShape", "resumed_config", "mixing_weight_series"]

@@ -1,0 +1,131 @@
+"""Search strategies: interchangeable plug-ins that move a supernet's architecture logits.
+
+A strategy never builds or edits the network; it receives a :class:`~bionas.search.supernet.Supernet`
+and a config, and one loop (:func:`bionas.search.run.run_search`) drives every strategy through
+
+* :meth:`SearchStrategy.step` -- one search step on a training batch and a validation batch;
+* :meth:`SearchStrategy.end_epoch` -- once per epoch (learning-rate schedules, ...);
+* :meth:`SearchStrategy.derive` -- the genotype of the moment;
+* :meth:`SearchStrategy.state_dict` / :meth:`load_state_dict` -- everything needed to resume.
+
+The base class trains the weights the same way for every strategy (SGD with Nesterov momentum,
+cosine schedule, gradient clipping: BioNAS appendix 7.1); a subclass implements
+:meth:`update_architecture`. Register a new strategy with ``@STRATEGIES.register("name")``.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bionas import rules
+from bionas.engine import check_finite
+from bionas.registry import Registry
+from bionas.search.genotype import Genotype
+
+STRATEGIES: Registry[type["SearchStrategy"]] = Registry("search method")
+
+Batch = tuple[Tensor, Tensor]  # images (B, C, H, W), labels (B,)
+
+DIVERGED_FIX = "lower --lr or --set arch_lr=..., or keep --set grad_clip=5"
+
+
+@contextmanager
+def preserved_batchnorm_statistics(model: nn.Module) -> Iterator[None]:
+    """Run forward passes in training mode without changing any BatchNorm running statistics.
+
+    Architecture steps (and candidate scoring) evaluate the supernet on validation data, or at
+    virtual weights that are never kept (the unrolled ``w'`` and ``w +- eps v``); their batches
+    must not leak into the statistics that evaluation later uses.
+    """
+    saved = [(buf, buf.clone()) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+             for buf in (m.running_mean, m.running_var, m.num_batches_tracked) if buf is not None]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, copy in saved:
+                buf.copy_(copy)
+
+
+def accuracy(logits: Tensor, y: Tensor) -> float:
+    return float((logits.argmax(1) == y).float().mean())
+
+
+class SearchStrategy:
+    """Base of all strategies: owns the weight optimiser and its schedule.
+
+    Args:
+        model: the supernet (its architecture logits are left to the subclass).
+        config: a :class:`~bionas.search.config.SearchConfig`.
+    """
+
+    name = ""
+
+    def __init__(self, model, config):
+        self.model, self.config = model, config
+        self.weight_optimizer = torch.optim.SGD(
+            list(model.weight_parameters()), lr=config.lr, momentum=config.momentum,
+            nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.weight_optimizer, T_max=config.epochs, eta_min=config.lr_min)
+        # local rules update only inside weight steps (never in architecture steps or evaluation)
+        self._has_local_rules = any(layer.rule.kind == "local" for _, layer in rules.rule_layers(model))
+        self.epoch = 0
+
+    @property
+    def lr(self) -> float:
+        return self.weight_optimizer.param_groups[0]["lr"]
+
+    # --- the loop's interface -------------------------------------------------------------------
+    def step(self, train_batch: Batch, val_batch: Batch, step: int) -> dict[str, float]:
+        """One search step: the architecture moves (on ``val_batch``), then the weights (on ``train_batch``)."""
+        metrics = self.update_architecture(train_batch, val_batch, step)
+        metrics.update(self.train_weights(train_batch, step))
+        return metrics
+
+    def update_architecture(self, train_batch: Batch, val_batch: Batch, step: int) -> dict[str, float]:
+        raise NotImplementedError
+
+    def end_epoch(self) -> None:
+        self.scheduler.step()
+        self.epoch += 1
+
+    def derive(self) -> Genotype:
+        return self.model.genotype()
+
+    def state_dict(self) -> dict:
+        return {"weight_optimizer": self.weight_optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.weight_optimizer.load_state_dict(state["weight_optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = int(state["epoch"])
+
+    # --- shared pieces --------------------------------------------------------------------------
+    def train_weights(self, batch: Batch, step: int) -> dict[str, float]:
+        """One SGD step of the weights under the current mixing weights (held constant)."""
+        x, y = batch
+        model = self.model
+        model.train()
+        weights = tuple(w.detach() for w in model.mixing_weights())
+        with rules.local_updates(model, self._has_local_rules):
+            logits = model(x, weights)  # (B, classes)
+        loss = F.cross_entropy(logits, y)
+        value = check_finite(loss, step, "search weight", DIVERGED_FIX)
+        self.weight_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip:
+            nn.utils.clip_grad_norm_(self.weight_optimizer.param_groups[0]["params"], self.config.grad_clip)
+        self.weight_optimizer.step()
+        return {"loss": value, "acc": accuracy(logits, y)}
+
+    def architecture_gradient_mode(self):
+        """``exact_gradients`` when the config asks for true architecture gradients, else the rules."""
+        if self.config.arch_gradient == "exact":
+            return rules.exact_gradients(self.model)
+        return nullcontext()

@@ -1,0 +1,185 @@
+"""The DARTS supernet over (op, rule) candidates (BioNAS section 3.3, eq. 10; DARTS section 2.1).
+
+Every edge of every cell holds one module per candidate of the search space -- ``sep_conv_3x3``
+learning by ``usf`` and ``sep_conv_3x3`` learning by ``fa`` are two modules with their own
+weights -- and outputs their mixture ``sum_k w_k o_k(x)``. The mixing weights ``w`` are an
+argument of :meth:`Supernet.forward`, so any strategy can drive the network: DARTS passes the
+softmax of the architecture logits it owns gradients for, EG-NAS passes the softmax of sampled
+logits. The logits live here as ``nn.Parameter``s (so they are saved with the weights) but
+:meth:`Supernet.weight_parameters` leaves them out, which keeps them out of the weight optimiser.
+
+Layout (DARTS ``model_search.py``): stem conv (3C channels) -> ``cells`` cells, reductions at
+``cells // 3`` and ``2 * cells // 3`` doubling the channels -> global average pool -> linear.
+A cell pre-processes its two inputs to C channels (1x1 ReLUConvBN, or a FactorizedReduce after
+a reduction cell), computes ``nodes`` intermediate nodes, each the sum of mixed edges from all
+earlier nodes (14 edges for 4 nodes), and concatenates the intermediate nodes. Ops use
+``affine=False`` batch norm and pooling candidates are followed by one, as in DARTS. The stem,
+the pre-processing layers and the classifier are not searched and learn by backprop.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bionas.candidate import Candidate
+from bionas.errors import ConfigError
+from bionas.ops import FactorizedReduce, ReLUConvBN
+from bionas.ops.pooling import POOLING_OPS
+from bionas.rules.base import layer_seed
+from bionas.search.genotype import Genotype, derive_genotype, edge_index
+from bionas.search.space import SearchSpace, SupernetShape
+
+INITS = ("xavier", "torch")
+
+# a pair of (edges, candidates) mixing-weight tensors: one for normal cells, one for reductions
+MixingWeights = tuple[Tensor, Tensor]
+
+
+class MixedEdge(nn.Module):
+    """``sum_k w_k o_k(x)`` over the candidates; ``o_k`` is candidate ``k``'s op learning by its rule."""
+
+    def __init__(self, candidates: Sequence[Candidate], C: int, stride: int, seed: int,
+                 rule_options: dict[str, dict] | None = None):
+        super().__init__()
+        rule_options = rule_options or {}
+        self.candidates = tuple(candidates)
+        self.ops = nn.ModuleList()
+        for k, candidate in enumerate(candidates):
+            op = candidate.build(C, stride, affine=False, seed=layer_seed(seed, k),
+                                 **rule_options.get(candidate.rule, {}))
+            if candidate.op in POOLING_OPS:  # DARTS: pooling outputs are not normalised otherwise
+                op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
+            self.ops.append(op)
+
+    def forward(self, x: Tensor, weights: Tensor) -> Tensor:
+        # x: (B, C, H, W); weights: (K,) -> (B, C, H/stride, W/stride)
+        return sum(w * op(x) for w, op in zip(weights, self.ops))
+
+
+class SearchCell(nn.Module):
+    """One DARTS search cell with a :class:`MixedEdge` on each of its ``edges_per_cell`` edges."""
+
+    def __init__(self, candidates: Sequence[Candidate], nodes: int, C_prev_prev: int, C_prev: int, C: int,
+                 reduction: bool, reduction_prev: bool, seed: int, rule_options: dict[str, dict] | None = None):
+        super().__init__()
+        self.reduction, self.nodes = reduction, nodes
+        if reduction_prev:
+            self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine=False)
+        else:
+            self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False)
+        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
+        self.edges = nn.ModuleList(
+            MixedEdge(candidates, C, 2 if reduction and source < 2 else 1, layer_seed(seed, e), rule_options)
+            for e, (_, source) in enumerate(edge_index(nodes))
+        )
+
+    def forward(self, s0: Tensor, s1: Tensor, weights: Tensor) -> Tensor:
+        # s0, s1: outputs of the two previous cells; weights: (edges, K)
+        states = [self.preprocess0(s0), self.preprocess1(s1)]  # each (B, C, H, W)
+        offset = 0
+        for _ in range(self.nodes):
+            node = sum(self.edges[offset + j](h, weights[offset + j]) for j, h in enumerate(states))
+            offset += len(states)
+            states.append(node)
+        return torch.cat(states[2:], dim=1)  # (B, nodes * C, H', W')
+
+
+class Supernet(nn.Module):
+    """The search network of a :class:`~bionas.search.space.SearchSpace`.
+
+    Args:
+        space: the candidates of every edge, and the default cell structure.
+        in_channels, num_classes: of the dataset.
+        seed: seeds the architecture logits, the weight initialisation and every rule's random
+            feedback (each candidate's from its own stream), so two supernets built with the same
+            seed are identical whatever the global RNG state.
+        shape: overrides ``space.supernet`` (channels, cells, nodes, stem multiplier).
+        rule_options: ``{rule: {option: value}}`` passed to the rules (e.g. ``{"usf": {"scale": 1.0}}``).
+        init: ``"xavier"`` (Glorot-uniform weights, as the BioNAS paper) or ``"torch"`` (PyTorch's
+            default Kaiming-uniform), both drawn from the seeded generator.
+    """
+
+    def __init__(self, space: SearchSpace, in_channels: int, num_classes: int, seed: int = 0,
+                 shape: SupernetShape | None = None, rule_options: dict[str, dict] | None = None,
+                 init: str = "xavier"):
+        super().__init__()
+        if init not in INITS:
+            raise ConfigError(f"unknown init {init!r}; choose from {', '.join(INITS)}")
+        self.space = space
+        self.shape = shape = shape or space.supernet
+        C, E, K = shape.channels, shape.edges_per_cell, len(space.candidates)
+        if C % 2:
+            raise ConfigError(f"supernet channels must be even (factorized reductions halve them), got {C}")
+        C_curr = shape.stem_multiplier * C
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        for i in range(shape.cells):
+            reduction = i in shape.reduction_cells
+            if reduction:
+                C_curr *= 2
+            self.cells.append(SearchCell(space.candidates, shape.nodes, C_prev_prev, C_prev, C_curr, reduction,
+                                         reduction_prev, layer_seed(seed, 1000 + i), rule_options))
+            reduction_prev = reduction
+            C_prev_prev, C_prev = C_prev, shape.nodes * C_curr
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, num_classes)
+
+        gen = torch.Generator().manual_seed(layer_seed(seed, 0))
+        # DARTS: logits drawn 1e-3 * N(0, 1), so the initial mixture is nearly uniform
+        self.alpha_normal = nn.Parameter(1e-3 * torch.randn(E, K, generator=gen))
+        self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(E, K, generator=gen))
+        self._initialise(init, gen)
+
+    # --- parameters -----------------------------------------------------------------------------
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """The architecture logits ``[alpha_normal, alpha_reduce]``, each (edges, candidates)."""
+        return [self.alpha_normal, self.alpha_reduce]
+
+    def weight_parameters(self) -> Iterator[nn.Parameter]:
+        """Every parameter except the architecture logits (what the weight optimiser trains)."""
+        arch = {id(p) for p in self.arch_parameters()}
+        return (p for p in self.parameters() if id(p) not in arch)
+
+    def named_weight_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        arch = {id(p) for p in self.arch_parameters()}
+        return ((n, p) for n, p in self.named_parameters() if id(p) not in arch)
+
+    def mixing_weights(self) -> MixingWeights:
+        """Softmax over candidates of the logits: ``(normal, reduce)``, each (edges, candidates)."""
+        return F.softmax(self.alpha_normal, dim=-1), F.softmax(self.alpha_reduce, dim=-1)
+
+    def genotype(self, weights: MixingWeights | None = None) -> Genotype:
+        """The DARTS-derived genotype of ``weights`` (default: the current mixing weights)."""
+        normal, reduce = weights if weights is not None else self.mixing_weights()
+        return derive_genotype(self.space, normal.detach().double().cpu().numpy(),
+                               reduce.detach().double().cpu().numpy())
+
+    def _initialise(self, init: str, gen: torch.Generator) -> None:
+        with torch.no_grad():
+            for m in self.modules():
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    if init == "xavier":
+                        nn.init.xavier_uniform_(m.weight, generator=gen)
+                    else:
+                        nn.init.kaiming_uniform_(m.weight, a=5 ** 0.5, generator=gen)
+                    if m.bias is not None:
+                        m.bias.zero_()
+
+    # --- forward --------------------------------------------------------------------------------
+    def forward(self, x: Tensor, weights: MixingWeights | None = None) -> Tensor:
+        """Logits (B, classes) of images ``x`` (B, C_in, H, W) under mixing weights ``weights``
+        (``(normal, reduce)``, each (edges, candidates); default: softmax of the logits)."""
+        normal, reduce = weights if weights is not None else self.mixing_weights()
+        E, K = self.alpha_normal.shape
+        if normal.shape != (E, K) or reduce.shape != (E, K):
+            raise ValueError(f"mixing weights must be two ({E}, {K}) tensors, got "
+                             f"{tuple(normal.shape)} and {tuple(reduce.shape)}")
+        s0 = s1 = self.stem(x)  # (B, 3C, H, W)
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1, reduce if cell.reduction else normal)
+        return self.classifier(self.pool(s1).flatten(1))  # (B, classes)
