@@ -24,9 +24,8 @@ class SearchConfig:
     # what to search
     method: str = "darts"  # a name in bionas.search.STRATEGIES
     space: str = "bionas"  # a name in search_spaces/ or a YAML path
-    channels: int | None = None  # None: the space's supernet values (16 channels, 5 cells, 4 nodes)
-    cells: int | None = None
-    nodes: int | None = None
+    channels: int | None = None  # None: the space's supernet values (16 channels, 5 cells); the
+    cells: int | None = None  # nodes per cell belong to the space (its genotypes have that many)
     rule_options: dict = field(default_factory=dict)  # {rule: {option: value}}
     init: str = "xavier"  # BioNAS section 3.4: Xavier initialisation
     # data: DARTS splits the training set in two, one half for the weights, one for the architecture
@@ -70,7 +69,7 @@ class SearchConfig:
         for name in ("epochs", "batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("steps_per_epoch", "per_class", "channels", "cells", "nodes"):
+        for name in ("steps_per_epoch", "per_class", "channels", "cells"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{name} must be a positive integer or null, got {value!r}")

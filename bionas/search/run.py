@@ -66,7 +66,7 @@ class _Search:
         self.device = resolve_device(config.device)
         self.space = load_space(config.space)
         shape = self.space.supernet
-        overrides = {k: getattr(config, k) for k in ("channels", "cells", "nodes") if getattr(config, k) is not None}
+        overrides = {k: getattr(config, k) for k in ("channels", "cells") if getattr(config, k) is not None}
         self.shape = dataclasses.replace(shape, **overrides) if overrides else shape
         self.dataset = resolve_dataset_name(config.dataset, config.data_dir)
         data = load_dataset(self.dataset, config.data_dir, "train", config.per_class, config.seed)

@@ -96,7 +96,8 @@ class Supernet(nn.Module):
         seed: seeds the architecture logits, the weight initialisation and every rule's random
             feedback (each candidate's from its own stream), so two supernets built with the same
             seed are identical whatever the global RNG state.
-        shape: overrides ``space.supernet`` (channels, cells, nodes, stem multiplier).
+        shape: overrides ``space.supernet`` (channels, cells, stem multiplier); the number of
+            nodes must stay the space's, since the space's genotypes have that many.
         rule_options: ``{rule: {option: value}}`` passed to the rules (e.g. ``{"usf": {"scale": 1.0}}``).
         init: ``"xavier"`` (Glorot-uniform weights, as the BioNAS paper) or ``"torch"`` (PyTorch's
             default Kaiming-uniform), both drawn from the seeded generator.
@@ -111,6 +112,9 @@ class Supernet(nn.Module):
         self.space = space
         self.shape = shape = shape or space.supernet
         C, E, K = shape.channels, shape.edges_per_cell, len(space.candidates)
+        if shape.nodes != space.supernet.nodes:
+            raise ConfigError(f"search space {space.name!r} has {space.supernet.nodes} nodes per cell, the supernet "
+                              f"shape {shape.nodes}; change supernet.nodes in the space file instead")
         if C % 2:
             raise ConfigError(f"supernet channels must be even (factorized reductions halve them), got {C}")
         C_curr = shape.stem_multiplier * C

@@ -1,0 +1,163 @@
+"""The supernet: structure, mixing, rules per candidate, seeding, and what each step may touch."""
+import pytest
+import torch
+from torch import nn
+
+from bionas import rules
+from bionas.ops import FactorizedReduce
+from bionas.search import SupernetShape, load_space, space_from_dict
+from bionas.search.config import SearchConfig
+from bionas.search.darts import DartsStrategy
+from bionas.search.strategy import preserved_batchnorm_statistics
+from bionas.search.supernet import MixedEdge, Supernet
+
+SMALL = SupernetShape(channels=4, cells=3, nodes=4)
+MIXED_RULES = {"name": "mixed", "candidates": {"none": [], "max_pool_3x3": [], "skip_connect": ["usf"],
+                                               "sep_conv_3x3": ["fa", "brsf"], "dil_conv_3x3": ["frsf"]}}
+
+
+@pytest.fixture(scope="module")
+def images(cifar10_root):
+    from bionas.data import BatchLoader, load_dataset
+
+    data = load_dataset("cifar10", cifar10_root, "train", per_class=2, seed=0)
+    return next(iter(BatchLoader(data, 20, shuffle=False)))  # (20, 3, 32, 32) real images, labels
+
+
+def test_bionas_supernet_structure():
+    space = load_space("bionas")
+    net = Supernet(space, 3, 10, seed=0, shape=SupernetShape(channels=4, cells=5))
+    assert [c.reduction for c in net.cells] == [False, True, False, True, False]  # cells // 3, 2 * cells // 3
+    for cell in net.cells:
+        assert len(cell.edges) == 14
+        assert all(len(edge.ops) == 22 for edge in cell.edges)
+    assert isinstance(net.cells[2].preprocess0, FactorizedReduce)  # after a reduction
+    assert net.alpha_normal.shape == net.alpha_reduce.shape == (14, 22)
+    # channels double at each reduction: 4 -> 8 -> 16, and the classifier sees 4 nodes * 16
+    assert net.cells[1].preprocess1.op[1].out_channels == 8 and net.cells[3].preprocess1.op[1].out_channels == 16
+    assert net.classifier.in_features == 4 * 16
+    # every pair has its own weights: no parameter is shared between two candidates
+    ids = [id(p) for p in net.parameters()]
+    assert len(ids) == len(set(ids))
+    # pooling candidates are followed by a non-affine batch norm, as in DARTS
+    for edge in net.cells[0].edges:
+        for cand, op in zip(edge.candidates, edge.ops):
+            is_pool = cand.op.endswith("pool_3x3")
+            assert is_pool == (isinstance(op, nn.Sequential) and isinstance(op[-1], nn.BatchNorm2d))
+            if is_pool:
+                assert not op[-1].affine
+
+
+def test_each_candidate_learns_by_its_own_rule():
+    net = Supernet(space_from_dict(MIXED_RULES), 3, 10, seed=0, shape=SMALL)
+    for cell in net.cells:
+        for edge in cell.edges:
+            for cand, op in zip(edge.candidates, edge.ops):
+                found = set(rules.rules_in(op).values())
+                expected = {cand.rule} if any(isinstance(m, nn.Conv2d) for m in op.modules()) else set()
+                assert found == expected, (cand, found)
+    # the unsearched stem, pre-processing and classifier stay plain (backprop) layers
+    assert not rules.rules_in(net.stem) and not rules.rules_in(net.cells[0].preprocess0)
+
+
+def test_arch_logits_are_parameters_kept_out_of_the_weights():
+    net = Supernet(load_space("darts"), 3, 10, seed=0, shape=SMALL)
+    arch = {id(p) for p in net.arch_parameters()}
+    assert all(isinstance(p, nn.Parameter) for p in net.arch_parameters())
+    assert arch <= {id(p) for p in net.parameters()}  # saved with the model ...
+    assert not arch & {id(p) for p in net.weight_parameters()}  # ... but not trained as weights
+    assert sum(1 for _ in net.weight_parameters()) == sum(1 for _ in net.parameters()) - 2
+    assert "alpha_normal" in net.state_dict()
+
+
+def test_mixed_edge_is_the_weighted_sum_of_its_candidates(images):
+    x = images[0][:4, :, :8, :8]
+    edge = MixedEdge(space_from_dict(MIXED_RULES).candidates, 3, stride=1, seed=0).eval()
+    w = torch.tensor([0.1, 0.3, 0.2, 0.15, 0.05, 0.2])
+    with torch.no_grad():
+        expected = sum(wk * op(x) for wk, op in zip(w, edge.ops))  # candidate by candidate
+        assert torch.allclose(edge(x, w), expected, atol=1e-6)
+        for k, op in enumerate(edge.ops):  # a one-hot mixture is that candidate alone
+            assert torch.allclose(edge(x, torch.eye(len(w))[k]), op(x), atol=1e-6)
+
+
+def test_forward_takes_the_mixing_weights_as_an_argument(images):
+    net = Supernet(space_from_dict(MIXED_RULES), 3, 10, seed=0, shape=SMALL).eval()
+    x = images[0][:4]
+    with torch.no_grad():
+        default = net(x)
+        assert default.shape == (4, 10)
+        assert torch.equal(default, net(x, net.mixing_weights()))
+        E, K = net.alpha_normal.shape
+        other = (torch.eye(K)[torch.zeros(E, dtype=torch.long) + 3], torch.full((E, K), 1.0 / K))
+        assert not torch.allclose(default, net(x, other))
+    with pytest.raises(ValueError, match=r"mixing weights must be two \(14, 6\) tensors"):
+        net(x, (torch.ones(14, 5), torch.ones(14, 5)))
+
+
+def test_same_seed_same_supernet_whatever_the_global_rng():
+    space = space_from_dict(MIXED_RULES)
+    torch.manual_seed(1)
+    a = Supernet(space, 3, 10, seed=7, shape=SMALL)
+    torch.manual_seed(2)
+    b = Supernet(space, 3, 10, seed=7, shape=SMALL)
+    c = Supernet(space, 3, 10, seed=8, shape=SMALL)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa if isinstance(sa[k], torch.Tensor))
+    assert sa.keys() == sb.keys()
+    assert not torch.equal(sa["alpha_normal"], sc["alpha_normal"])
+    assert not torch.equal(sa["stem.0.weight"], sc["stem.0.weight"])
+
+
+def test_odd_channels_other_node_counts_and_unknown_init_are_refused():
+    from bionas.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="channels must be even"):
+        Supernet(load_space("darts"), 3, 10, shape=SupernetShape(channels=5, cells=3))
+    with pytest.raises(ConfigError, match="unknown init 'he'"):
+        Supernet(load_space("darts"), 3, 10, shape=SMALL, init="he")
+    with pytest.raises(ConfigError, match="has 4 nodes per cell, the supernet shape 3"):
+        Supernet(load_space("darts"), 3, 10, shape=SupernetShape(channels=4, cells=3, nodes=3))
+
+
+def _bn_stats(net):
+    return [b.clone() for n, b in net.named_buffers() if "running" in n or "num_batches" in n]
+
+
+@pytest.mark.parametrize("order", ["first", "second"])
+def test_architecture_step_moves_only_the_logits(images, order):
+    x, y = images
+    net = Supernet(space_from_dict(MIXED_RULES), 3, 10, seed=0, shape=SMALL)
+    strategy = DartsStrategy(net, SearchConfig(order=order, epochs=2))
+    weights = [p.detach().clone() for p in net.weight_parameters()]
+    alphas = [a.detach().clone() for a in net.arch_parameters()]
+    stats = _bn_stats(net)
+    metrics = strategy.update_architecture((x[:10], y[:10]), (x[10:], y[10:]), step=0)
+    assert set(metrics) == {"arch_loss", "arch_acc"}
+    assert all(torch.equal(a, b) for a, b in zip(weights, net.weight_parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(stats, _bn_stats(net)))  # validation data leaves no trace
+    assert all(not torch.equal(a, b) for a, b in zip(alphas, net.arch_parameters()))
+
+
+def test_weight_step_moves_only_the_weights(images):
+    x, y = images
+    net = Supernet(space_from_dict(MIXED_RULES), 3, 10, seed=0, shape=SMALL)
+    strategy = DartsStrategy(net, SearchConfig(epochs=2))
+    alphas = [a.detach().clone() for a in net.arch_parameters()]
+    weights = [p.detach().clone() for p in net.weight_parameters()]
+    strategy.train_weights((x, y), step=0)
+    assert all(torch.equal(a, b) for a, b in zip(alphas, net.arch_parameters()))
+    assert all(a.grad is None for a in net.arch_parameters())
+    # every weight of every candidate gets a non-zero gradient and moves
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.weight_parameters())
+    assert all(not torch.equal(a, b) for a, b in zip(weights, net.weight_parameters()))
+
+
+def test_preserved_batchnorm_statistics_restores_on_error(images):
+    net = Supernet(load_space("darts"), 3, 10, seed=0, shape=SMALL).train()
+    before = _bn_stats(net)
+    with pytest.raises(RuntimeError):
+        with preserved_batchnorm_statistics(net):
+            net(images[0][:4])
+            raise RuntimeError("interrupted")
+    assert all(torch.equal(a, b) for a, b in zip(before, _bn_stats(net)))
