@@ -1,0 +1,189 @@
+"""The search loop end to end on tiny real CIFAR-10: genotypes, outputs, resume, config, CLI."""
+import json
+
+import pytest
+import torch
+import yaml
+
+from bionas.cli import main
+from bionas.errors import BionasError, ConfigError
+from bionas.search import load_genotype, load_space, resolve_config, run_search
+from bionas.search.config import SearchConfig, parse_assignment
+from bionas.search.run import CHECKPOINT_FORMAT
+
+SPACE = """\
+name: tiny
+candidates:
+  none: []
+  max_pool_3x3: []
+  skip_connect: [usf]
+  sep_conv_3x3: [fa, brsf]
+  dil_conv_3x3: [frsf]
+supernet: {channels: 4, cells: 3, nodes: 2}
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path, cifar10_root):
+    """A config for a search of a few seconds: 40 real images, 2 steps per epoch."""
+    space = tmp_path / "tiny.yaml"
+    space.write_text(SPACE)
+    return SearchConfig(space=str(space), dataset="cifar10", data_dir=str(cifar10_root), per_class=4,
+                        batch_size=8, epochs=2, steps_per_epoch=2, progress=False, out=str(tmp_path / "run"))
+
+
+def _replace(config, **kw):
+    import dataclasses
+
+    return dataclasses.replace(config, **kw)
+
+
+@pytest.mark.parametrize("order", ["first", "second"])
+def test_two_step_search_on_the_bionas_space_gives_a_valid_genotype(tmp_path, cifar10_root, order):
+    config = SearchConfig(space="bionas", dataset="cifar10", data_dir=str(cifar10_root), per_class=2,
+                          batch_size=4, epochs=1, steps_per_epoch=2, channels=4, cells=3, order=order,
+                          progress=False, out=str(tmp_path / order))
+    result = run_search(config)
+    space = load_space("bionas")
+    saved = load_genotype(tmp_path / order / "genotype.json", space)  # validated against the space
+    assert saved == result.genotype and saved.space == "bionas"
+    for edge in (*saved.normal, *saved.reduce):
+        assert edge.candidate in space.candidates and edge.op != "none"
+    assert len(saved.normal) == len(saved.reduce) == 8  # two inputs for each of 4 nodes
+    weights = saved.weights
+    assert weights["candidates"] == [str(c) for c in space.candidates]
+    assert all(abs(sum(row) - 1) < 1e-5 for row in weights["normal"] + weights["reduce"])
+    assert len(result.history) == 1 and set(result.history.columns) >= {
+        "epoch", "train_loss", "train_acc", "arch_loss", "arch_acc", "val_loss", "val_acc", "lr", "seconds", "genotype"}
+
+
+def test_outputs_logs_and_plots(tiny):
+    result = run_search(tiny)
+    out = result.out
+    for name in ("config.yaml", "checkpoint.pt", "search_log.csv", "arch_history.json", "genotype.json",
+                 "genotype.txt", "mixing_weights.png", "cells.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    for png in ("mixing_weights.png", "cells.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    history = json.loads((out / "arch_history.json").read_text())
+    assert [e["epoch"] for e in history["epochs"]] == [0, 1, 2]  # before training, then per epoch
+    assert history["candidates"] == result.genotype.weights["candidates"]
+    # the last logged architecture is the result
+    assert history["epochs"][-1]["genotype"]["weights"] == result.genotype.weights
+    # the DARTS literal reads back to the same genotype
+    assert load_genotype(out / "genotype.txt", load_space(tiny.space)) == result.genotype
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolve_config(config_file=out / "config.yaml") == _replace(tiny, **{"arch_betas": tuple(saved["arch_betas"])})
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["format"] == CHECKPOINT_FORMAT
+
+
+@pytest.mark.parametrize("order", ["first", "second"])
+def test_killed_and_resumed_run_ends_exactly_like_an_uninterrupted_one(tiny, tmp_path, order):
+    config = _replace(tiny, epochs=3, order=order)
+    full = run_search(_replace(config, out=str(tmp_path / "full")))
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first_epoch(epoch):
+        if epoch == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_search(_replace(config, out=str(tmp_path / "killed")), on_epoch_end=kill_after_first_epoch)
+    assert not (tmp_path / "killed" / "genotype.json").exists()
+    resumed = run_search(_replace(config, out=str(tmp_path / "killed")), resume=True)
+
+    assert resumed.genotype == full.genotype
+    assert resumed.genotype.weights == full.genotype.weights
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=False)
+    for key, value in a["model"].items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, b["model"][key]), key
+    drop = ["seconds"]
+    assert (full.history.drop(columns=drop).to_dict("records") == resumed.history.drop(columns=drop).to_dict("records"))
+
+
+def test_a_new_run_never_overwrites_an_old_one_and_resume_needs_a_run(tiny):
+    run_search(_replace(tiny, epochs=1))
+    before = (tiny.out + "/genotype.json", open(tiny.out + "/genotype.json").read())
+    with pytest.raises(ConfigError, match="already holds a search; pass --resume"):
+        run_search(_replace(tiny, epochs=1))
+    assert open(before[0]).read() == before[1]
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        run_search(_replace(tiny, out=tiny.out + "_elsewhere"), resume=True)
+
+
+def test_resume_refuses_options_that_change_the_run(tiny):
+    run_search(_replace(tiny, epochs=1))
+    with pytest.raises(ConfigError, match=r"has order='first'.*drop order"):
+        run_search(SearchConfig(out=tiny.out), resume=True, overrides={"order": "second"})
+    # repeating the saved value is fine, and a finished run resumes to its result at once
+    result = run_search(SearchConfig(out=tiny.out, progress=False), resume=True, overrides={"epochs": 1})
+    assert len(result.history) == 1
+
+
+def test_config_resolution_order_and_errors(tmp_path):
+    assert SearchConfig().lr == 0.1 and SearchConfig().arch_betas == (0.5, 0.999)  # appendix 7.1, DARTS
+    smoke = resolve_config("smoke")
+    assert smoke.cells == 3 and smoke.epochs == 3
+    file = tmp_path / "c.yaml"
+    file.write_text("epochs: 7\nlr: 1\n")
+    config = resolve_config("smoke", file, {"epochs": 9})
+    assert config.epochs == 9 and config.lr == 1.0 and isinstance(config.lr, float) and config.cells == 3
+    with pytest.raises(ConfigError, match="unknown search option\\(s\\) learning_rate in the command line"):
+        resolve_config(overrides={"learning_rate": 0.1})
+    with pytest.raises(BionasError, match="unknown search preset 'fast'; choose from paper, smoke"):
+        resolve_config("fast")
+    file.write_text("epochs: [1\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        resolve_config(config_file=file)
+    with pytest.raises(ConfigError, match="order must be one of first, second"):
+        resolve_config(overrides={"order": "third"})
+    with pytest.raises(BionasError, match="unknown search method 'random'"):
+        resolve_config(overrides={"method": "random"})
+    assert parse_assignment("rule_options={usf: {scale: 1.0}}") == ("rule_options", {"usf": {"scale": 1.0}})
+    with pytest.raises(ConfigError, match="--set takes KEY=VALUE"):
+        parse_assignment("lr")
+
+
+def test_too_little_data_for_a_batch_is_a_clear_error(tiny):
+    with pytest.raises(ConfigError, match="holds 20 images, fewer than one batch of 32; lower --batch-size"):
+        run_search(_replace(tiny, batch_size=32))
+
+
+def test_cli_search_and_resume(tiny, capsys):
+    argv = ["search", "--space", tiny.space, "--dataset", "cifar10", "--data-dir", tiny.data_dir, "--out", tiny.out,
+            "--epochs", "1", "--batch-size", "8", "--set", "per_class=4", "--set", "steps_per_epoch=1",
+            "--no-progress"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "genotype: Genotype(normal=[" in printed and "wrote" in printed
+    assert main(argv) == 2
+    assert "already holds a search" in capsys.readouterr().err
+    assert main(["search", "--out", tiny.out, "--resume", "--order", "second"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bionas: error: --resume continues the saved run") and "\n" not in err
+    assert main(["search", "--out", tiny.out, "--resume", "--no-progress"]) == 0
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["search", "--space", "nope"], "unknown search space 'nope'"),
+    (["search", "--method", "random"], "unknown search method 'random'"),
+    (["search", "--preset", "huge"], "unknown search preset 'huge'"),
+    (["search", "--set", "epochs=0"], "epochs must be a positive integer"),
+])
+def test_cli_bad_input_is_one_line(argv, message, capsys, tmp_path):
+    assert main(argv + ["--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+    assert not (tmp_path / "x").exists()  # nothing written for a run that never started
+
+
+def test_cli_bad_space_file_is_one_line(tmp_path, capsys, cifar10_root):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\ncandidates: {sep_conv_3x3: [hebb]}\n")
+    assert main(["search", "--space", str(bad), "--data-dir", str(cifar10_root), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "op 'sep_conv_3x3' lists unknown rule 'hebb'" in err and "\n" not in err
