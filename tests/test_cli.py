@@ -31,7 +31,7 @@ def test_listings_name_every_registered_entry(capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["search"], "not implemented yet"),
+    (["train"], "not implemented yet"),
     (["quickstart", "--rules", "bp", "hebbo"], "unknown rule(s) hebbo"),
     (["quickstart", "--dataset", "cifar10", "--data-dir", "/no/such/dir"], "does not exist"),
     (["quickstart", "--dataset", "mnist"], "unknown dataset 'mnist'"),

@@ -161,3 +161,19 @@ def test_preserved_batchnorm_statistics_restores_on_error(images):
             net(images[0][:4])
             raise RuntimeError("interrupted")
     assert all(torch.equal(a, b) for a, b in zip(before, _bn_stats(net)))
+
+
+def test_evaluation_uses_batch_statistics_and_leaves_no_trace(images):
+    from bionas.search.strategy import evaluate_supernet
+
+    x, y = images
+    net = Supernet(space_from_dict(MIXED_RULES), 3, 10, seed=0, shape=SMALL).train()
+    brsf = [layer.rule for _, layer in rules.rule_layers(net) if layer.rule.name == "brsf"]
+    stats, draws = _bn_stats(net), [r.draws for r in brsf]
+    loss, acc = evaluate_supernet(net, [(x[:10], y[:10]), (x[10:], y[10:])])
+    assert all(torch.equal(a, b) for a, b in zip(stats, _bn_stats(net)))
+    assert draws == [r.draws for r in brsf] and net.training
+    with torch.no_grad():  # independently: training-mode forwards, batch by batch
+        logits = torch.cat([net(x[:10]), net(x[10:])])
+    assert loss == pytest.approx(float(torch.nn.functional.cross_entropy(logits, y)), rel=1e-5)
+    assert acc == pytest.approx(float((logits.argmax(1) == y).float().mean()))

@@ -26,33 +26,16 @@ Two details beyond the DARTS paper, both so the approximation is the derivative 
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
-from bionas import rules
 from bionas.engine import check_finite
-from bionas.search.strategy import (DIVERGED_FIX, STRATEGIES, Batch, SearchStrategy, accuracy,
+from bionas.search.strategy import (DIVERGED_FIX, STRATEGIES, Batch, SearchStrategy, accuracy, no_feedback_redraws,
                                     preserved_batchnorm_statistics)
-
-
-@contextmanager
-def no_feedback_redraws(model: torch.nn.Module) -> Iterator[None]:
-    """Rules keep their current random feedback for the block (their ``training`` flag is off;
-    batch norm and the rest of the model keep their mode)."""
-    layer_rules = [layer.rule for _, layer in rules.rule_layers(model)]
-    modes = [r.training for r in layer_rules]
-    for r in layer_rules:
-        r.train(False)
-    try:
-        yield
-    finally:
-        for r, mode in zip(layer_rules, modes):
-            r.train(mode)
 
 
 @STRATEGIES.register("darts")

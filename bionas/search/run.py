@@ -28,13 +28,12 @@ import yaml
 
 import bionas
 from bionas.data import TRAIN_AUGMENTATION, BatchLoader, BatchStream, load_dataset, resolve_dataset_name, search_split
-from bionas.engine import evaluate
 from bionas.errors import ConfigError
 from bionas.io import atomic_open, save_csv, save_json, save_torch
 from bionas.search.config import SearchConfig, apply_options
 from bionas.search.genotype import Genotype
 from bionas.search.space import SupernetShape, load_space
-from bionas.search.strategy import STRATEGIES
+from bionas.search.strategy import STRATEGIES, evaluate_supernet
 from bionas.search.supernet import Supernet
 
 log = logging.getLogger(__name__)
@@ -217,7 +216,7 @@ def _run_epoch(search: _Search) -> None:
     strategy.end_epoch()
     search.epoch = epoch
     means = {k: v / search.steps_per_epoch for k, v in sums.items()}
-    val_loss, val_acc = evaluate(search.model, _eval_loader(search))
+    val_loss, val_acc = evaluate_supernet(search.model, _eval_loader(search))
     genotype = search.record_architecture()
     row = {"epoch": epoch, "lr": lr, "train_loss": means.get("loss"), "train_acc": means.get("acc"),
            **{k: v for k, v in means.items() if k not in ("loss", "acc")},
@@ -241,7 +240,7 @@ class _ChannelsLast:
 
 
 def _eval_loader(search: _Search):
-    """The whole architecture half, unaugmented, in eval mode (DARTS ``infer``)."""
+    """The whole architecture half, unaugmented (DARTS ``infer``; evaluated with batch statistics)."""
     loader = BatchLoader(search.val_data, max(search.config.batch_size, 256), shuffle=False, device=search.device)
     return _ChannelsLast(loader, search.config.channels_last)
 

@@ -1,0 +1,134 @@
+"""Time and memory of one search step (architecture + weights) per search space.
+
+Each space's supernet is built at the same channels, cells and batch size and driven by the
+DARTS strategy on real CIFAR-10 batches; spaces alternate within each round so that machine
+noise hits them alike, and the table reports median step times and their ratio to the first
+space (``darts``: the 8 original DARTS ops, all backprop). Memory is, on a GPU, the peak
+allocated during a step above what was allocated before it; on a CPU (no allocator statistics)
+the bytes of the tensors autograd saves for the backward of a weight step, i.e. the activation
+memory, counted once per storage. The question asked of the numbers: does the cost grow no
+faster than the number of candidates per edge?
+
+    python scripts/bench_search.py                                  # CPU, writes results/bench_search.csv
+    python scripts/bench_search.py --device cuda --batch 64 --out results/bench_search_cuda.csv
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bionas.data import BatchLoader, load_dataset  # noqa: E402
+from bionas.io import save_csv  # noqa: E402
+from bionas.search import SupernetShape, load_space  # noqa: E402
+from bionas.search.config import SearchConfig  # noqa: E402
+from bionas.search.darts import DartsStrategy  # noqa: E402
+from bionas.search.space import _weighted_layer_types  # noqa: E402
+from bionas.search.supernet import Supernet  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def activation_bytes(model, x, y) -> int:
+    """Bytes autograd keeps for the backward of one training forward (each storage once)."""
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        if isinstance(t, torch.Tensor) and t.device.type != "meta":
+            storage = t.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    model.train()
+    weights = tuple(w.detach() for w in model.mixing_weights())
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = F.cross_entropy(model(x, weights), y)
+    del loss
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    return sum(n for ptr, n in seen.items() if ptr not in params)  # activations, not weights
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spaces", nargs="+", default=["darts", "bionas"])
+    parser.add_argument("--channels", type=int, default=16)
+    parser.add_argument("--cells", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--order", choices=["first", "second"], default="first")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-channels-last", action="store_true")
+    parser.add_argument("--data-dir", default=os.environ.get("BIONAS_DATA") or str(REPO.parent / "shared/data/cifar10"))
+    parser.add_argument("--out", default=str(REPO / "results" / "bench_search.csv"))
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    data = load_dataset("cifar10", args.data_dir, "train", per_class=max(1, 2 * args.batch // 10 + 1), seed=0)
+    batches = iter(BatchLoader(data, args.batch, seed=0, device=device, drop_last=True))
+    fmt = torch.channels_last if not args.no_channels_last else torch.contiguous_format
+    train, val = [(x.contiguous(memory_format=fmt), y) for x, y in (next(batches), next(batches))]
+
+    runs = {}
+    for name in args.spaces:
+        space = load_space(name)
+        shape = SupernetShape(channels=args.channels, cells=args.cells, nodes=space.supernet.nodes)
+        model = Supernet(space, 3, 10, seed=0, shape=shape).to(device, memory_format=fmt)
+        strategy = DartsStrategy(model, SearchConfig(order=args.order, epochs=1))
+        strategy.step(train, val, 0)  # warm-up: allocator, oneDNN/cuDNN kernel choice
+        runs[name] = dict(space=space, model=model, strategy=strategy, times=[])
+        print(f"built {name}: {len(space)} candidates per edge, "
+              f"{sum(p.numel() for p in model.weight_parameters()) / 1e6:.2f} M weights", flush=True)
+
+    for r in range(args.rounds):
+        for name, run in runs.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                before = torch.cuda.memory_allocated()
+            start = time.perf_counter()
+            run["strategy"].step(train, val, r + 1)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+                run["memory"] = torch.cuda.max_memory_allocated() - before
+            run["times"].append(time.perf_counter() - start)
+            print(f"round {r + 1}: {name} {run['times'][-1]:.3f} s", flush=True)
+
+    rows = []
+    for name, run in runs.items():
+        if device.type != "cuda":
+            run["memory"] = activation_bytes(run["model"], *train)
+        weighted = sum(1 for c in run["space"].candidates if _weighted_layer_types(c.op))
+        rows.append({
+            "space": name, "candidates": len(run["space"]), "weighted_candidates": weighted,
+            "weights_M": sum(p.numel() for p in run["model"].weight_parameters()) / 1e6,
+            "step_s": statistics.median(run["times"]),
+            "memory_MB": run["memory"] / 2**20,
+            "memory_kind": "cuda peak during step" if device.type == "cuda" else "saved activations (weight step)",
+        })
+    table = pd.DataFrame(rows)
+    b = table.iloc[0]
+    table["candidates_ratio"] = table["candidates"] / b["candidates"]
+    table["weighted_ratio"] = table["weighted_candidates"] / b["weighted_candidates"]
+    table["time_ratio"] = table["step_s"] / b["step_s"]
+    table["memory_ratio"] = table["memory_MB"] / b["memory_MB"]
+    for key, value in {"device": str(device), "channels": args.channels, "cells": args.cells, "batch": args.batch,
+                       "order": args.order, "rounds": args.rounds, "channels_last": not args.no_channels_last,
+                       "threads": torch.get_num_threads()}.items():
+        table[key] = value
+    save_csv(table, args.out)
+    cols = ["space", "candidates", "weighted_candidates", "weights_M", "step_s", "time_ratio", "candidates_ratio",
+            "weighted_ratio", "memory_MB", "memory_ratio"]
+    print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
