@@ -58,6 +58,7 @@ def test_two_step_search_on_the_bionas_space_gives_a_valid_genotype(tmp_path, ci
 
 
 def test_outputs_logs_and_plots(tiny):
+    tiny = _replace(tiny, fuse_candidates=True)  # the fused supernet end to end
     result = run_search(tiny)
     out = result.out
     for name in ("config.yaml", "checkpoint.pt", "search_log.csv", "arch_history.json", "genotype.json",

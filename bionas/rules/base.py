@@ -96,11 +96,16 @@ class FeedbackRule(LearningRule):
     def feedback(self, weight: Tensor) -> Tensor:
         """The feedback tensor ``B`` (weight's shape, no autograd history) for the next backward.
 
-        Must not consume randomness: redraws belong in :meth:`forward` (see brSF).
+        Must not consume randomness: redraws belong in :meth:`advance` (see brSF).
         """
         raise NotImplementedError
 
+    def advance(self) -> None:
+        """Called once at every forward of the layer, before :meth:`feedback`: rules whose
+        feedback changes over time (brSF redraws in training mode) do it here."""
+
     def forward(self, layer: "RuleLayer", x: Tensor) -> Tensor:
+        self.advance()
         with torch.no_grad():
             feedback = self.feedback(layer.weight)
         return layer.feedback_forward(x, feedback)

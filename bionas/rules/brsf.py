@@ -76,7 +76,6 @@ class BatchwiseRandomSignFeedback(FeedbackRule):
     def feedback(self, weight: Tensor) -> Tensor:
         return torch.sign(weight).mul_(self.magnitude)  # one allocation: B is weight-sized
 
-    def forward(self, layer, x: Tensor) -> Tensor:
+    def advance(self) -> None:
         if self.training:
             self.redraw()
-        return super().forward(layer, x)

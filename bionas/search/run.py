@@ -87,7 +87,8 @@ class _Search:
 
         torch.manual_seed(config.seed)  # nothing should draw from it, but keep any stray use repeatable
         self.model = Supernet(self.space, data.channels, data.num_classes, seed=config.seed, shape=self.shape,
-                              rule_options=config.rule_options, init=config.init).to(self.device)
+                              rule_options=config.rule_options, init=config.init,
+                              fuse=config.fuse_candidates).to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.strategy = STRATEGIES.get(config.method)(self.model, config)
