@@ -61,7 +61,7 @@ def test_outputs_logs_and_plots(tiny):
     tiny = _replace(tiny, fuse_candidates=True)  # the fused supernet end to end
     result = run_search(tiny)
     out = result.out
-    for name in ("config.yaml", "checkpoint.pt", "search_log.csv", "arch_history.json", "genotype.json",
+    for name in ("config.yaml", "run_info.json", "checkpoint.pt", "search_log.csv", "arch_history.json", "genotype.json",
                  "genotype.txt", "mixing_weights.png", "cells.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     for png in ("mixing_weights.png", "cells.png"):
@@ -188,3 +188,14 @@ def test_cli_bad_space_file_is_one_line(tmp_path, capsys, cifar10_root):
     assert main(["search", "--space", str(bad), "--data-dir", str(cifar10_root), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert "op 'sep_conv_3x3' lists unknown rule 'hebb'" in err and "\n" not in err
+
+
+def test_without_a_data_directory_the_smoke_search_runs_on_digits(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("BIONAS_DATA", raising=False)
+    out = tmp_path / "digits"
+    assert main(["search", "--preset", "smoke", "--channels", "4", "--set", "epochs=1", "--set",
+                 "steps_per_epoch=1", "--out", str(out), "--no-progress"]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["dataset"] == "digits"  # what "auto" meant
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["dataset"] == "digits" and info["weight_images"] == info["architecture_images"] == 200
+    load_genotype(out / "genotype.json", load_space("bionas"))

@@ -3,6 +3,7 @@
 Outputs in ``config.out`` (every file written atomically):
 
 * ``config.yaml`` -- the resolved config (``bionas search --config`` repeats the run);
+* ``run_info.json`` -- versions, device, dataset sizes, supernet shape and size;
 * ``checkpoint.pt`` -- after every epoch: supernet, strategy (optimisers, schedules), data
   streams, history; ``resume=True`` continues from it and, on the same device, ends exactly where
   an uninterrupted run would;
@@ -165,6 +166,8 @@ def run_search(config: SearchConfig, resume: bool = False, overrides: dict | Non
     state = _check_out(out, resume)
     if state is not None:
         config = dataclasses.replace(resumed_config(state, overrides), out=config.out, progress=config.progress)
+    else:  # record the dataset "auto" stands for, so that config.yaml repeats this very run
+        config = dataclasses.replace(config, dataset=resolve_dataset_name(config.dataset, config.data_dir))
     search = _Search(config)
     if state is not None:
         search.restore(state)
@@ -172,6 +175,12 @@ def run_search(config: SearchConfig, resume: bool = False, overrides: dict | Non
     else:
         with atomic_open(out / "config.yaml") as fh:
             yaml.safe_dump(config.to_dict(), fh, sort_keys=False)
+        save_json({"bionas_version": bionas.__version__, "torch_version": torch.__version__,
+                   "device": str(search.device), "threads": torch.get_num_threads(), "dataset": search.dataset,
+                   "weight_images": len(search.train_data), "architecture_images": len(search.val_data),
+                   "steps_per_epoch": search.steps_per_epoch, "candidates": [str(c) for c in search.space.candidates],
+                   "supernet": dataclasses.asdict(search.shape),
+                   "weights": sum(p.numel() for p in search.model.weight_parameters())}, out / "run_info.json")
         search.record_architecture()  # epoch 0: the mixing weights before any training
     log.info("%s search over space %r (%d candidates per edge, %d cells of %d channels) on %s: %d + %d images, "
              "%d steps per epoch, %d epochs, %s", config.method, search.space.name, len(search.space),
