@@ -56,11 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(handler=_quickstart)
 
-    p = sub.add_parser("search", help="search a cell over (op, rule) pairs: DARTS (or EG-NAS, coming)",
+    p = sub.add_parser("search", help="search a cell over (op, rule) pairs: DARTS or EG-NAS (CMA-ES)",
                        description="Search a cell whose edges choose an (operation, learning rule) pair. "
                                    "Options resolve as: paper defaults < --preset < --config < flags and --set. "
                                    "Writes genotype.json, the plots, logs and a checkpoint per epoch to --out.")
-    p.add_argument("--method", default=None, help="search strategy: darts (default)")
+    p.add_argument("--method", default=None, help="search strategy: darts (default) or eg")
     p.add_argument("--space", default=None, help="search space name in search_spaces/ or a YAML path (default: bionas)")
     p.add_argument("--dataset", default=None, help="cifar10, cifar100, digits, or auto (default: auto)")
     p.add_argument("--data-dir", default=None, help="dataset directory (default: $BIONAS_DATA)")
@@ -175,8 +175,7 @@ def _search(args) -> int:
         print(f"searched {len(history)} epochs: final train acc {last['train_acc']:.3f}, "
               f"val acc {last['val_acc']:.3f}, {history['seconds'].sum():.0f} s in all")
     print(f"genotype: {result.genotype.to_darts_literal()}")
-    print(f"wrote {result.out}/genotype.json, genotype.txt, mixing_weights.png, cells.png, search_log.csv, "
-          f"arch_history.json, config.yaml, checkpoint.pt")
+    print(f"wrote {result.out}/: {', '.join(sorted(p.name for p in result.out.iterdir() if p.is_file()))}")
     return 0
 
 

@@ -52,6 +52,18 @@ class SearchConfig:
     order: str = "first"  # first: grad at w; second: unrolled w' = w - xi grad L_train (eq. 7)
     unrolled_radius: float = 0.01  # finite-difference eps = radius / ||grad_w' L_val|| (DARTS eq. 8)
     arch_gradient: str = "rule"  # rule: errors flow through each edge's learning rule; exact: true gradient
+    # architecture: EG-NAS (Cai et al. 2024; formulas in bionas/search/eg.py), release defaults
+    eg_warmup_epochs: int = 15  # weight-only epochs before the first evolutionary update
+    eg_population: int = 50  # CMA-ES population size
+    eg_restarts: int = 3  # independent CMA-ES instances per epoch (the release's "samples")
+    eg_generations: int = 1  # ask/tell rounds per instance and epoch
+    eg_sigma0: float = 1.0  # step size sigma_t = max(eg_sigma0 / (epoch + 1), eg_sigma_min)
+    eg_sigma_min: float = 0.02
+    eg_similarity_weight: float = 0.4  # lam in F(z) = CE +- lam s(z)
+    eg_step_size: float = 0.1  # a <- a + eg_step_size * u, u = momentum-averaged (z* - a)
+    eg_momentum: float = 0.0
+    eg_max_norm: float = 3.0  # per-edge L2 cap on the centred logits after each update
+    eg_score_chunk: int = 10  # candidates scored per batched forward pass
     # run
     seed: int = 0
     device: str = "auto"  # auto: cuda if available, else cpu
@@ -67,7 +79,7 @@ class SearchConfig:
             raise ConfigError(f"order must be one of {', '.join(ORDERS)}, got {self.order!r}")
         if self.arch_gradient not in ARCH_GRADIENTS:
             raise ConfigError(f"arch_gradient must be one of {', '.join(ARCH_GRADIENTS)}, got {self.arch_gradient!r}")
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "eg_population", "eg_restarts", "eg_generations", "eg_score_chunk"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         for name in ("steps_per_epoch", "per_class", "channels", "cells"):
@@ -76,7 +88,13 @@ class SearchConfig:
                 raise ConfigError(f"{name} must be a positive integer or null, got {value!r}")
         if not 0.0 < self.train_portion < 1.0:
             raise ConfigError(f"train_portion must be in (0, 1), got {self.train_portion}")
-        for name in ("lr", "arch_lr", "unrolled_radius"):
+        if not isinstance(self.eg_warmup_epochs, int) or self.eg_warmup_epochs < 0:
+            raise ConfigError(f"eg_warmup_epochs must be a non-negative integer, got {self.eg_warmup_epochs!r}")
+        if self.eg_population < 2:
+            raise ConfigError(f"eg_population must be at least 2, got {self.eg_population}")
+        if not 0.0 <= self.eg_momentum < 1.0:
+            raise ConfigError(f"eg_momentum must be in [0, 1), got {self.eg_momentum}")
+        for name in ("lr", "arch_lr", "unrolled_radius", "eg_sigma0", "eg_sigma_min", "eg_step_size", "eg_max_norm"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if len(self.arch_betas) != 2:

@@ -116,3 +116,22 @@ def draw_cells(genotype: Genotype, path: str | Path) -> None:
         fig.suptitle(f"genotype from search space {genotype.space!r}", fontsize=10)
     save_figure(fig, path)
     plt.close(fig)
+
+
+def plot_fitness(frame, path: str | Path) -> None:
+    """Best and mean compound fitness (lower is better) per CMA-ES generation, with the current
+    architecture's cross-entropy on the same batch for reference."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x = np.arange(len(frame))
+    ax.plot(x, frame["best"], marker=".", label="best candidate")
+    ax.plot(x, frame["mean"], marker=".", label="population mean")
+    ax.plot(x, frame["current_ce"], linestyle="--", color="gray", label="current architecture (CE)")
+    for boundary in np.flatnonzero(np.diff(frame["epoch"].to_numpy())) + 0.5:
+        ax.axvline(boundary, color="black", alpha=0.15)
+    ax.set_xlabel("CMA-ES generation (grey lines: epoch boundaries)")
+    ax.set_ylabel("compound fitness (lower is better)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)
+    plt.close(fig)

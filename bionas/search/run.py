@@ -11,7 +11,8 @@ Outputs in ``config.out`` (every file written atomically):
   the moment (as a DARTS literal);
 * ``arch_history.json`` -- per epoch (0 = before training): the genotype and the mixing weights;
 * at the end: ``genotype.json`` (the result, with final mixing weights), ``genotype.txt`` (DARTS
-  literal), ``mixing_weights.png`` and ``cells.png``.
+  literal), ``mixing_weights.png`` and ``cells.png``;
+* whatever the strategy adds (``eg``: ``fitness.csv`` and ``fitness.png`` per CMA-ES generation).
 """
 from __future__ import annotations
 
@@ -256,6 +257,7 @@ def _eval_loader(search: _Search):
 
 
 def _write_logs(search: _Search, out: Path) -> None:
+    search.strategy.write_outputs(out)
     save_csv(pd.DataFrame(search.history), out / "search_log.csv")
     save_json({"candidates": [str(c) for c in search.space.candidates], "epochs": search.arch_history},
               out / "arch_history.json")

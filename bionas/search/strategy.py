@@ -112,6 +112,9 @@ class SearchStrategy:
     def derive(self) -> Genotype:
         return self.model.genotype()
 
+    def write_outputs(self, out) -> None:
+        """Write strategy-specific outputs (tables, plots) into the run directory ``out``."""
+
     def state_dict(self) -> dict:
         return {"weight_optimizer": self.weight_optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "epoch": self.epoch}

@@ -19,6 +19,7 @@ the pre-processing layers and the classifier are not searched and learn by backp
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from typing import Iterator, Sequence
 
 import torch
@@ -39,6 +40,15 @@ INITS = ("xavier", "torch")
 
 # a pair of (edges, candidates) mixing-weight tensors: one for normal cells, one for reductions
 MixingWeights = tuple[Tensor, Tensor]
+
+
+def _weighted(y: Tensor, w: Tensor) -> Tensor:
+    """``w * y`` for one architecture (``w`` a scalar), or for a population: ``w`` (P,) weights the
+    P consecutive chunks of the batch of ``y`` (P*B, ...), chunk ``p`` belonging to architecture ``p``."""
+    if w.dim() == 0:
+        return w * y
+    P = w.shape[0]
+    return (y.view(P, -1, *y.shape[1:]) * w.view(P, *([1] * y.dim()))).view(y.shape)
 
 
 class NotStackable(Exception):
@@ -93,10 +103,14 @@ class FusedCandidates(nn.Module):
         self.op, self.copies = op, copies
 
     def forward(self, x: Tensor, weights: Tensor) -> Tensor:
-        # x: (B, C, H, W); weights: (R,) -> sum_r weights[r] * (copy r)(x), (B, C, H', W')
-        y = self.op(torch.cat([x] * self.copies, dim=1))  # (B, R*C, H', W'); cat keeps channels-last
-        B, _, H, W = y.shape
-        return (y.view(B, self.copies, -1, H, W) * weights.view(1, -1, 1, 1, 1)).sum(1)
+        # x: (N, C, H, W); weights: (R,), or (P, R) for a population -> sum_r w_r (copy r)(x), (N, C, H', W')
+        y = self.op(torch.cat([x] * self.copies, dim=1))  # (N, R*C, H', W'); cat keeps channels-last
+        N, _, H, W = y.shape
+        y = y.view(N, self.copies, -1, H, W)  # (N, R, C, H', W')
+        if weights.dim() == 1:
+            return (y * weights.view(1, -1, 1, 1, 1)).sum(1)
+        P = weights.shape[0]
+        return (y.view(P, N // P, self.copies, -1, H, W) * weights.view(P, 1, -1, 1, 1, 1)).sum(2).view(N, -1, H, W)
 
 
 class MixedEdge(nn.Module):
@@ -147,13 +161,14 @@ class MixedEdge(nn.Module):
         self.ops, self.slots = nn.ModuleList(ops), slots
 
     def forward(self, x: Tensor, weights: Tensor) -> Tensor:
-        # x: (B, C, H, W); weights: (K,) -> (B, C, H/stride, W/stride)
+        # x: (N, C, H, W); weights: (K,), or (P, K) for a population of P architectures, each
+        # owning N/P consecutive images -> (N, C, H/stride, W/stride)
         out = 0
         for op, slot in zip(self.ops, self.slots):
             if isinstance(op, FusedCandidates):
-                out = out + op(x, weights[list(slot)])
+                out = out + op(x, weights[..., list(slot)])
             else:
-                out = out + weights[slot[0]] * op(x)
+                out = out + _weighted(op(x), weights[..., slot[0]])
         return out
 
 
@@ -175,11 +190,11 @@ class SearchCell(nn.Module):
         )
 
     def forward(self, s0: Tensor, s1: Tensor, weights: Tensor) -> Tensor:
-        # s0, s1: outputs of the two previous cells; weights: (edges, K)
+        # s0, s1: outputs of the two previous cells; weights: (edges, K) or (P, edges, K)
         states = [self.preprocess0(s0), self.preprocess1(s1)]  # each (B, C, H, W)
         offset = 0
         for _ in range(self.nodes):
-            node = sum(self.edges[offset + j](h, weights[offset + j]) for j, h in enumerate(states))
+            node = sum(self.edges[offset + j](h, weights[..., offset + j, :]) for j, h in enumerate(states))
             offset += len(states)
             states.append(node)
         return torch.cat(states[2:], dim=1)  # (B, nodes * C, H', W')
@@ -286,13 +301,56 @@ class Supernet(nn.Module):
     # --- forward --------------------------------------------------------------------------------
     def forward(self, x: Tensor, weights: MixingWeights | None = None) -> Tensor:
         """Logits (B, classes) of images ``x`` (B, C_in, H, W) under mixing weights ``weights``
-        (``(normal, reduce)``, each (edges, candidates); default: softmax of the logits)."""
+        (``(normal, reduce)``, each (edges, candidates); default: softmax of the logits).
+
+        A population: weights of shape (P, edges, candidates) score P architectures on the same
+        images in one pass and return (P, B, classes). The stem runs once; batch norms inside
+        the cells must then normalise each architecture's images separately
+        (:func:`population_batchnorm`) in training mode.
+        """
         normal, reduce = weights if weights is not None else self.mixing_weights()
         E, K = self.alpha_normal.shape
-        if normal.shape != (E, K) or reduce.shape != (E, K):
-            raise ValueError(f"mixing weights must be two ({E}, {K}) tensors, got "
-                             f"{tuple(normal.shape)} and {tuple(reduce.shape)}")
+        if normal.shape[-2:] != (E, K) or reduce.shape != normal.shape or normal.dim() not in (2, 3):
+            raise ValueError(f"mixing weights must be two ({E}, {K}) tensors (or (P, {E}, {K}) for a "
+                             f"population), got {tuple(normal.shape)} and {tuple(reduce.shape)}")
         s0 = s1 = self.stem(x)  # (B, 3C, H, W)
+        P = normal.shape[0] if normal.dim() == 3 else 0
+        if P:
+            s0 = s1 = torch.cat([s0] * P)  # (P*B, 3C, H, W): architecture p owns chunk p
         for cell in self.cells:
             s0, s1 = s1, cell(s0, s1, reduce if cell.reduction else normal)
-        return self.classifier(self.pool(s1).flatten(1))  # (B, classes)
+        logits = self.classifier(self.pool(s1).flatten(1))  # (B, classes) or (P*B, classes)
+        return logits.view(P, -1, logits.shape[-1]) if P else logits
+
+
+class _PopulationBatchNorm:
+    """A batch norm's forward that normalises each of ``P`` consecutive chunks of the batch with
+    that chunk's own statistics (what ``P`` separate forward passes would do), without touching
+    the running statistics."""
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm, population: int):
+        self.bn, self.population = bn, population
+
+    def __call__(self, x: Tensor) -> Tensor:
+        bn, P = self.bn, self.population
+        xv = x.view(P, -1, *x.shape[1:])  # (P, B, C, H, W)
+        mean = xv.mean(dim=(1, 3, 4), keepdim=True)
+        var = xv.var(dim=(1, 3, 4), unbiased=False, keepdim=True)
+        y = ((xv - mean) * torch.rsqrt(var + bn.eps)).view(x.shape)
+        if bn.affine:
+            y = y * bn.weight.view(1, -1, 1, 1) + bn.bias.view(1, -1, 1, 1)
+        return y
+
+
+@contextmanager
+def population_batchnorm(model: Supernet, population: int) -> Iterator[None]:
+    """Inside the block, every batch norm of ``model``'s cells uses per-architecture batch
+    statistics for a population forward of ``population`` architectures (training mode)."""
+    bns = [m for m in model.cells.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for bn in bns:
+        bn.forward = _PopulationBatchNorm(bn, population)
+    try:
+        yield
+    finally:
+        for bn in bns:
+            del bn.forward

@@ -1,0 +1,198 @@
+"""BioNAS-EG: CMA-ES moves the architecture logits (BioNAS section 3.3 and appendix 7.5.2).
+
+Cai, Chen, Zhang & Yuan (2024), "EG-NAS: Neural Architecture Search with Fast Evolutionary
+Exploration", AAAI, https://arxiv.org/abs/2312.08219 ; CMA-ES from ``pycma`` (Hansen et al.).
+
+After ``eg_warmup_epochs`` epochs of weight training only, each epoch begins with an evolutionary
+architecture update on one validation batch (the weights then train by SGD as in DARTS):
+
+    for restart i in 1..eg_restarts:   CMA-ES from mean = the logits a (both cells, flattened),
+                                       step size sigma_t = max(eg_sigma0 / (t + 1), eg_sigma_min)
+                                       (t = 0-based epoch), population eg_population, seeded from
+                                       (run seed, epoch, restart); eg_generations ask/tell rounds
+    fitness (lower is better):         F(z) = CE(batch; softmax(z)) + s(z) * lam   if acc(z) >= acc(a)
+                                              CE(batch; softmax(z)) - s(z) * lam   otherwise
+                                       s(z) = mean over edges of (cos(a_e - mean a_e, z_e - mean z_e) + 1) / 2
+                                       lam = eg_similarity_weight
+    update with the best candidate z*: u <- eg_momentum * u + (1 - eg_momentum) * (z* - a)
+                                       a <- a + eg_step_size * u
+                                       then, per edge, a_e <- a_e - mean(a_e) and, if
+                                       ||a_e|| > eg_max_norm, a_e <- a_e * eg_max_norm / ||a_e||
+
+The compound fitness follows the EG-NAS release (``CFF``): a candidate at least as accurate as the
+current architecture pays for resembling it (diversity is rewarded), a worse one is pulled back
+towards it. Reconstructed where the paper and release disagree with the issue's requirements:
+
+* the release seeds every CMA-ES restart with ``seed=1`` (all restarts draw the same
+  population); here each instance gets its own seed from the run's seed, the epoch and the
+  restart, and its own random stream (pycma's ``randn`` option), so the global NumPy RNG is
+  neither used nor changed;
+* the release's sigma schedule ``1 / (epoch + 1)`` is fed a counter that never advances; here
+  ``t`` is the epoch;
+* the release adds the best candidate's softmax weights to the logits, which only ever grow; here
+  the logits move *towards* the best candidate and are centred and norm-capped after each update
+  (softmax ignores the centring; the cap bounds how peaked a mixture can become);
+* the release measures similarity between softmax weights and unit-normalised logits; here both
+  sides are centred logits, so the similarity ignores what softmax ignores.
+
+Candidates are scored without gradients, with batch statistics computed per candidate
+(:func:`~bionas.search.supernet.population_batchnorm`, ``eg_score_chunk`` candidates per forward)
+and nothing left behind: running statistics, random feedback draws and local-rule weights are
+untouched.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from bionas.rules.base import layer_seed
+from bionas.search.strategy import (STRATEGIES, Batch, SearchStrategy, no_feedback_redraws,
+                                    preserved_batchnorm_statistics)
+from bionas.search.supernet import population_batchnorm
+
+
+def similarity(current: Tensor, candidates: Tensor) -> Tensor:
+    """``s(z)``: mean over edges of ``(cos(a_e - mean a_e, z_e - mean z_e) + 1) / 2``.
+
+    ``current``: (edges, K) logits (both cells stacked); ``candidates``: (P, edges, K) -> (P,).
+    """
+    a = current - current.mean(-1, keepdim=True)
+    z = candidates - candidates.mean(-1, keepdim=True)
+    cos = F.cosine_similarity(z, a.expand_as(z), dim=-1, eps=1e-12)  # (P, edges)
+    return ((cos + 1) / 2).mean(-1)
+
+
+def compound_fitness(ce: Tensor, acc: Tensor, current_acc: float, sim: Tensor, weight: float) -> Tensor:
+    """EG-NAS compound fitness (lower is better): ``CE + lam s`` if the candidate is at least as
+    accurate as the current architecture, else ``CE - lam s``. All arguments per candidate (P,)."""
+    sign = torch.where(acc >= current_acc, 1.0, -1.0)
+    return ce + sign * weight * sim
+
+
+@contextlib.contextmanager
+def _isolated_numpy_rng(seed: int):
+    """pycma may touch NumPy's global RNG: give it a seeded state and put the caller's back."""
+    state = np.random.get_state()
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+@STRATEGIES.register("eg")
+class EvolutionaryStrategy(SearchStrategy):
+    """EG-NAS over (op, rule) candidates: CMA-ES on the logits once per epoch after a warm-up."""
+
+    name = "eg"
+
+    def __init__(self, model, config):
+        super().__init__(model, config)
+        self.momentum_buffer = torch.zeros(2, *model.alpha_normal.shape)
+        self.fitness_log: list[dict] = []  # one row per CMA-ES generation
+        self._evolved_epoch = -1
+
+    # --- the loop's interface -------------------------------------------------------------------
+    def update_architecture(self, train_batch: Batch, val_batch: Batch, step: int) -> dict[str, float]:
+        if self.epoch < self.config.eg_warmup_epochs or self._evolved_epoch == self.epoch:
+            return {}
+        self._evolved_epoch = self.epoch
+        return self.evolve(val_batch)
+
+    def sigma(self, epoch: int | None = None) -> float:
+        epoch = self.epoch if epoch is None else epoch
+        return max(self.config.eg_sigma0 / (epoch + 1), self.config.eg_sigma_min)
+
+    def evolve(self, batch: Batch) -> dict[str, float]:
+        """One evolutionary update of the logits from ``batch`` (logged in :attr:`fitness_log`)."""
+        import cma
+
+        config, model = self.config, self.model
+        current = torch.stack([p.detach() for p in model.arch_parameters()]).cpu().double()  # (2, E, K)
+        shape = current.shape
+        current_ce, current_acc = self.score(current[None], batch)
+        best_z, best_f = None, math.inf
+        sigma = self.sigma()
+        for restart in range(config.eg_restarts):
+            seed = layer_seed(config.seed, 1_000_003 * self.epoch + restart)
+            rng = np.random.default_rng(seed)
+            opts = {"popsize": config.eg_population, "seed": float("nan"), "verbose": -9,
+                    "randn": lambda *size: rng.standard_normal(size), "verb_log": 0, "verb_disp": 0,
+                    "CMA_diagonal": False}
+            with _isolated_numpy_rng(seed):
+                es = cma.CMAEvolutionStrategy(current.flatten().numpy(), sigma, opts)
+                for generation in range(config.eg_generations):
+                    solutions = es.ask()
+                    z = torch.from_numpy(np.stack(solutions)).view(-1, *shape)  # (P, 2, E, K)
+                    ce, acc = self.score(z, batch)
+                    sim = similarity(current.flatten(0, 1), z.flatten(1, 2))
+                    fitness = compound_fitness(ce, acc, float(current_acc[0]), sim, config.eg_similarity_weight)
+                    es.tell(solutions, fitness.tolist())
+                    i = int(torch.argmin(fitness))
+                    if float(fitness[i]) < best_f:
+                        best_f, best_z = float(fitness[i]), z[i]
+                    self.fitness_log.append({"epoch": self.epoch + 1, "restart": restart, "generation": generation,
+                                             "sigma": sigma, "best": float(fitness.min()),
+                                             "mean": float(fitness.mean()), "current_ce": float(current_ce[0]),
+                                             "current_acc": float(current_acc[0])})
+        self._move_logits(best_z.to(current.dtype), current)
+        return {}  # the fitness per generation is in fitness_log (fitness.csv, fitness.png)
+
+    @torch.no_grad()
+    def _move_logits(self, best: Tensor, current: Tensor) -> None:
+        m = self.config.eg_momentum
+        self.momentum_buffer = m * self.momentum_buffer + (1 - m) * (best - current).float()
+        new = current.float() + self.config.eg_step_size * self.momentum_buffer  # (2, E, K)
+        new = new - new.mean(-1, keepdim=True)
+        norm = new.norm(dim=-1, keepdim=True)
+        new = torch.where(norm > self.config.eg_max_norm, new * self.config.eg_max_norm / norm, new)
+        for p, value in zip(self.model.arch_parameters(), new):
+            p.copy_(value.to(p.device, p.dtype))
+
+    @torch.no_grad()
+    def score(self, logits: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Cross-entropy and accuracy (P,) of each architecture ``logits`` (P, 2, E, K) on ``batch``,
+        with per-architecture batch statistics, leaving the supernet as it was."""
+        model, (x, y) = self.model, batch
+        device, dtype = model.alpha_normal.device, model.alpha_normal.dtype
+        weights = torch.softmax(logits.to(device, dtype), dim=-1)  # (P, 2, E, K)
+        ces, accs = [], []
+        was_training = model.training
+        model.train()
+        with preserved_batchnorm_statistics(model), no_feedback_redraws(model):
+            for chunk in weights.split(self.config.eg_score_chunk):
+                with population_batchnorm(model, len(chunk)):
+                    out = model(x, (chunk[:, 0], chunk[:, 1]))  # (p, B, classes)
+                target = y.expand(len(chunk), -1)
+                ces.append(F.cross_entropy(out.flatten(0, 1), target.flatten(), reduction="none")
+                           .view(len(chunk), -1).mean(1))
+                accs.append((out.argmax(-1) == target).float().mean(1))
+        model.train(was_training)
+        return torch.cat(ces).cpu().double(), torch.cat(accs).cpu().double()
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "momentum_buffer": self.momentum_buffer.clone(),
+                "fitness_log": list(self.fitness_log), "evolved_epoch": self._evolved_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.momentum_buffer = state["momentum_buffer"].clone()
+        self.fitness_log = list(state["fitness_log"])
+        self._evolved_epoch = int(state["evolved_epoch"])
+
+    def write_outputs(self, out) -> None:
+        """``fitness.csv`` and ``fitness.png``: best and mean fitness per CMA-ES generation."""
+        import pandas as pd
+
+        from bionas.io import save_csv
+        from bionas.search import plots
+
+        if self.fitness_log:
+            frame = pd.DataFrame(self.fitness_log)
+            save_csv(frame, out / "fitness.csv")
+            plots.plot_fitness(frame, out / "fitness.png")

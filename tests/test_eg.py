@@ -1,0 +1,154 @@
+"""The EG (CMA-ES) strategy: fitness against a hand computation, seeding, bounds, resume."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bionas.rules.brsf import BatchwiseRandomSignFeedback
+from bionas.search import SupernetShape, load_genotype, load_space, run_search, space_from_dict
+from bionas.search.config import SearchConfig
+from bionas.search.eg import EvolutionaryStrategy, compound_fitness, similarity
+from bionas.search.supernet import Supernet
+
+SPACE = {"name": "tiny", "supernet": {"nodes": 2},
+         "candidates": {"none": [], "max_pool_3x3": [], "skip_connect": ["usf"], "sep_conv_3x3": ["fa", "brsf"]}}
+SHAPE = SupernetShape(channels=4, cells=3, nodes=2)
+
+
+@pytest.fixture(scope="module")
+def batch(cifar10_root):
+    from bionas.data import BatchLoader, load_dataset
+
+    data = load_dataset("cifar10", cifar10_root, "train", per_class=1, seed=0)
+    return next(iter(BatchLoader(data, 10, shuffle=False)))
+
+
+@pytest.fixture
+def tiny(tmp_path, cifar10_root):
+    space = tmp_path / "tiny.yaml"
+    import yaml
+
+    space.write_text(yaml.safe_dump(SPACE))
+    return SearchConfig(method="eg", space=str(space), dataset="cifar10", data_dir=str(cifar10_root), per_class=4,
+                        batch_size=8, epochs=3, steps_per_epoch=2, progress=False, out=str(tmp_path / "run"),
+                        eg_warmup_epochs=1, eg_population=4, eg_restarts=2, eg_score_chunk=3)
+
+
+def _strategy(**kw):
+    net = Supernet(space_from_dict(SPACE), 3, 10, seed=0, shape=SHAPE)
+    return EvolutionaryStrategy(net, SearchConfig(method="eg", epochs=4, **kw))
+
+
+def test_fitness_agrees_with_a_hand_computation(batch):
+    x, y = batch
+    strategy = _strategy(eg_score_chunk=2)
+    net = strategy.model
+    gen = torch.Generator().manual_seed(1)
+    current = torch.stack([p.detach() for p in net.arch_parameters()]).double()  # (2, E, K)
+    population = current[None] + 0.7 * torch.randn(5, *current.shape, generator=gen, dtype=torch.float64)
+    ce, acc = strategy.score(population, (x, y))
+    cur_ce, cur_acc = strategy.score(current[None], (x, y))
+    sim = similarity(current.flatten(0, 1), population.flatten(1, 2))
+    fitness = compound_fitness(ce, acc, float(cur_acc[0]), sim, 0.4)
+
+    net.train()
+    for p in range(len(population)):
+        # one candidate at a time, as a plain training-mode forward, BN statistics restored after
+        saved = {k: v.clone() for k, v in net.state_dict().items() if "running" in k or "num_batches" in k}
+        with torch.no_grad():
+            w = torch.softmax(population[p].float(), dim=-1)
+            logits = net(x, (w[0], w[1]))
+        net.load_state_dict({**net.state_dict(), **saved})
+        hand_ce = float(F.cross_entropy(logits, y))
+        hand_acc = float((logits.argmax(1) == y).float().mean())
+        a = current.flatten(0, 1).numpy()
+        z = population[p].flatten(0, 1).numpy()
+        a, z = a - a.mean(-1, keepdims=True), z - z.mean(-1, keepdims=True)
+        cos = (a * z).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(z, axis=-1))
+        hand_sim = float(((cos + 1) / 2).mean())
+        sign = 1.0 if hand_acc >= float(cur_acc[0]) else -1.0
+        assert float(ce[p]) == pytest.approx(hand_ce, rel=1e-5)
+        assert float(acc[p]) == pytest.approx(hand_acc)
+        assert float(sim[p]) == pytest.approx(hand_sim, rel=1e-9)
+        assert float(fitness[p]) == pytest.approx(hand_ce + sign * 0.4 * hand_sim, rel=1e-5)
+    assert {1.0, -1.0} >= set(torch.sign(fitness - ce).tolist())
+
+
+def test_scoring_leaves_no_trace(batch):
+    strategy = _strategy()
+    net = strategy.model
+    stats = {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
+    brsf = [m for m in net.modules() if isinstance(m, BatchwiseRandomSignFeedback)]
+    draws = [m.draws for m in brsf]
+    current = torch.stack([p.detach() for p in net.arch_parameters()])
+    strategy.score(current[None].repeat(3, 1, 1, 1), batch)
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in stats.items())
+    assert [m.draws for m in brsf] == draws and brsf
+
+
+def test_evolution_is_seeded_per_restart_and_epoch_bounded_and_isolated(batch):
+    strategy = _strategy(eg_population=6, eg_restarts=2, eg_max_norm=0.5, eg_step_size=1.0)
+    np.random.seed(123)
+    numpy_state = np.random.get_state()[1].copy()
+    torch_state = torch.get_rng_state()
+    strategy.evolve(batch)
+    # the global RNGs are neither used nor changed
+    assert np.array_equal(np.random.get_state()[1], numpy_state) and torch.equal(torch.get_rng_state(), torch_state)
+    log = strategy.fitness_log
+    assert len(log) == 2 and log[0]["best"] != log[1]["best"]  # restarts draw different populations
+    for alpha in strategy.model.arch_parameters():  # centred, norm-capped logits
+        assert torch.allclose(alpha.detach().mean(-1), torch.zeros(alpha.shape[0]), atol=1e-6)
+        assert float(alpha.detach().norm(dim=-1).max()) <= 0.5 + 1e-5
+    assert strategy.sigma(0) == 1.0 and strategy.sigma(3) == 0.25 and strategy.sigma(200) == 0.02
+    # the same seed and state evolve the same way; another seed does not
+    again = _strategy(eg_population=6, eg_restarts=2, eg_max_norm=0.5, eg_step_size=1.0)
+    again.evolve(batch)
+    other = _strategy(eg_population=6, eg_restarts=2, eg_max_norm=0.5, eg_step_size=1.0, seed=5)
+    other.evolve(batch)
+    for a, b, c in zip(strategy.model.arch_parameters(), again.model.arch_parameters(),
+                       other.model.arch_parameters()):
+        assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_warm_up_trains_weights_only_then_evolves_once_per_epoch(batch):
+    strategy = _strategy(eg_warmup_epochs=1, eg_population=4, eg_restarts=1)
+    alphas = [a.detach().clone() for a in strategy.model.arch_parameters()]
+    half = (batch[0][:5], batch[1][:5]), (batch[0][5:], batch[1][5:])
+    strategy.step(*half, step=0)
+    assert all(torch.equal(a, b) for a, b in zip(alphas, strategy.model.arch_parameters()))  # warm-up
+    strategy.end_epoch()
+    strategy.step(*half, step=1)
+    strategy.step(*half, step=2)
+    assert len(strategy.fitness_log) == 1  # one update in the epoch, not one per step
+    assert not all(torch.equal(a, b) for a, b in zip(alphas, strategy.model.arch_parameters()))
+
+
+def test_short_eg_search_gives_a_valid_genotype_and_seeds_decide(tiny, tmp_path):
+    a = run_search(dataclasses.replace(tiny, out=str(tmp_path / "a")))
+    b = run_search(dataclasses.replace(tiny, out=str(tmp_path / "b")))
+    c = run_search(dataclasses.replace(tiny, out=str(tmp_path / "c"), seed=1))
+    space = load_space(tiny.space)
+    assert load_genotype(tmp_path / "a" / "genotype.json", space) == a.genotype
+    assert a.genotype == b.genotype and a.genotype.weights == b.genotype.weights
+    assert c.genotype.weights != a.genotype.weights  # another seed, another search (the cell may coincide)
+    for name in ("fitness.csv", "fitness.png", "mixing_weights.png", "cells.png"):
+        assert (tmp_path / "a" / name).stat().st_size > 0
+
+
+def test_killed_and_resumed_eg_run_equals_an_uninterrupted_one(tiny, tmp_path):
+    full = run_search(dataclasses.replace(tiny, out=str(tmp_path / "full")))
+
+    class Killed(Exception):
+        pass
+
+    def kill(epoch):
+        if epoch == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_search(dataclasses.replace(tiny, out=str(tmp_path / "k")), on_epoch_end=kill)
+    resumed = run_search(dataclasses.replace(tiny, out=str(tmp_path / "k")), resume=True)
+    assert resumed.genotype == full.genotype and resumed.genotype.weights == full.genotype.weights
+    assert (tmp_path / "k" / "fitness.csv").read_text() == (tmp_path / "full" / "fitness.csv").read_text()
