@@ -37,3 +37,18 @@ def cifar10_small(cifar10_root):
 
     return (load_dataset("cifar10", cifar10_root, "train", per_class=200, seed=0),
             load_dataset("cifar10", cifar10_root, "test", per_class=50, seed=0))
+
+
+class Killed(Exception):
+    """Stands for a run killed between two epochs."""
+
+
+@pytest.fixture
+def killed_after():
+    """``killed_after(epoch)``: an ``on_epoch_end`` callback that kills the run after ``epoch``."""
+    def make(last_epoch: int):
+        def on_epoch_end(epoch: int) -> None:
+            if epoch == last_epoch:
+                raise Killed
+        return on_epoch_end
+    return make

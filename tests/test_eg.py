@@ -11,6 +11,7 @@ from bionas.search import SupernetShape, load_genotype, load_space, run_search, 
 from bionas.search.config import SearchConfig
 from bionas.search.eg import EvolutionaryStrategy, compound_fitness, similarity
 from bionas.search.supernet import Supernet
+from conftest import Killed
 
 SPACE = {"name": "tiny", "supernet": {"nodes": 2},
          "candidates": {"none": [], "max_pool_3x3": [], "skip_connect": ["usf"], "sep_conv_3x3": ["fa", "brsf"]}}
@@ -137,18 +138,10 @@ def test_short_eg_search_gives_a_valid_genotype_and_seeds_decide(tiny, tmp_path)
         assert (tmp_path / "a" / name).stat().st_size > 0
 
 
-def test_killed_and_resumed_eg_run_equals_an_uninterrupted_one(tiny, tmp_path):
+def test_killed_and_resumed_eg_run_equals_an_uninterrupted_one(tiny, tmp_path, killed_after):
     full = run_search(dataclasses.replace(tiny, out=str(tmp_path / "full")))
-
-    class Killed(Exception):
-        pass
-
-    def kill(epoch):
-        if epoch == 2:
-            raise Killed
-
-    with pytest.raises(Killed):
-        run_search(dataclasses.replace(tiny, out=str(tmp_path / "k")), on_epoch_end=kill)
+    with pytest.raises(Killed):  # after epoch 2, the first with an evolutionary update
+        run_search(dataclasses.replace(tiny, out=str(tmp_path / "k")), on_epoch_end=killed_after(2))
     resumed = run_search(dataclasses.replace(tiny, out=str(tmp_path / "k")), resume=True)
     assert resumed.genotype == full.genotype and resumed.genotype.weights == full.genotype.weights
     assert (tmp_path / "k" / "fitness.csv").read_text() == (tmp_path / "full" / "fitness.csv").read_text()

@@ -10,6 +10,7 @@ from bionas.errors import BionasError, ConfigError
 from bionas.search import load_genotype, load_space, resolve_config, run_search
 from bionas.search.config import SearchConfig, parse_assignment
 from bionas.search.run import CHECKPOINT_FORMAT
+from conftest import Killed
 
 SPACE = """\
 name: tiny
@@ -79,19 +80,11 @@ def test_outputs_logs_and_plots(tiny):
 
 
 @pytest.mark.parametrize("order", ["first", "second"])
-def test_killed_and_resumed_run_ends_exactly_like_an_uninterrupted_one(tiny, tmp_path, order):
+def test_killed_and_resumed_run_ends_exactly_like_an_uninterrupted_one(tiny, tmp_path, order, killed_after):
     config = _replace(tiny, epochs=3, order=order)
     full = run_search(_replace(config, out=str(tmp_path / "full")))
-
-    class Killed(Exception):
-        pass
-
-    def kill_after_first_epoch(epoch):
-        if epoch == 1:
-            raise Killed
-
     with pytest.raises(Killed):
-        run_search(_replace(config, out=str(tmp_path / "killed")), on_epoch_end=kill_after_first_epoch)
+        run_search(_replace(config, out=str(tmp_path / "killed")), on_epoch_end=killed_after(1))
     assert not (tmp_path / "killed" / "genotype.json").exists()
     resumed = run_search(_replace(config, out=str(tmp_path / "killed")), resume=True)
 

@@ -129,6 +129,9 @@ def plot_fitness(frame, path: str | Path) -> None:
     ax.plot(x, frame["current_ce"], linestyle="--", color="gray", label="current architecture (CE)")
     for boundary in np.flatnonzero(np.diff(frame["epoch"].to_numpy())) + 0.5:
         ax.axvline(boundary, color="black", alpha=0.15)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("CMA-ES generation (grey lines: epoch boundaries)")
     ax.set_ylabel("compound fitness (lower is better)")
     ax.legend(fontsize=8)
