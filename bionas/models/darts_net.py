@@ -66,34 +66,20 @@ class EvalCell(nn.Module):
         return torch.cat([states[i] for i in self.concat], dim=1)  # (B, multiplier * C, H', W')
 
 
-class AuxiliaryHeadCIFAR(nn.Module):
-    """DARTS' auxiliary classifier for 8x8 feature maps."""
+class AuxiliaryHead(nn.Module):
+    """DARTS' auxiliary classifier: ReLU, 5x5 average pool, 1x1 conv to 128, 2x2 conv to 768,
+    linear. ``pool_stride`` 3 suits the CIFAR network's 8x8 maps, 2 the ImageNet network's 14x14."""
 
-    def __init__(self, C: int, num_classes: int):
+    def __init__(self, C: int, num_classes: int, pool_stride: int):
         super().__init__()
         self.features = nn.Sequential(
-            nn.ReLU(inplace=False), nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False),
+            nn.ReLU(inplace=False), nn.AvgPool2d(5, stride=pool_stride, padding=0, count_include_pad=False),
             nn.Conv2d(C, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(inplace=False),
             nn.Conv2d(128, 768, 2, bias=False), nn.BatchNorm2d(768), nn.ReLU(inplace=False))
         self.classifier = nn.Linear(768, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.features(x).flatten(1))
-
-
-class AuxiliaryHeadImageNet(nn.Module):
-    """DARTS' auxiliary classifier for 14x14 feature maps."""
-
-    def __init__(self, C: int, num_classes: int):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.ReLU(inplace=False), nn.AvgPool2d(5, stride=2, padding=0, count_include_pad=False),
-            nn.Conv2d(C, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(inplace=False),
-            nn.Conv2d(128, 768, 2, bias=False), nn.BatchNorm2d(768), nn.ReLU(inplace=False))
-        self.classifier = nn.Linear(768, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.features(x).flatten(1))
+        return self.classifier(self.features(x).flatten(1))  # (B, classes)
 
 
 class _EvalNetwork(nn.Module):
@@ -160,7 +146,7 @@ class NetworkCIFAR(_EvalNetwork):
         C_stem = stem_multiplier * C
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C_stem, 3, padding=1, bias=False), nn.BatchNorm2d(C_stem))
         C_prev, C_aux = self._build_cells(genotype, C, layers, C_stem, False, (layers // 3, 2 * layers // 3), seed)
-        self.auxiliary = AuxiliaryHeadCIFAR(C_aux, num_classes) if auxiliary else None
+        self.auxiliary = AuxiliaryHead(C_aux, num_classes, pool_stride=3) if auxiliary else None
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, num_classes)
         self._init_generator(seed)
@@ -184,7 +170,7 @@ class NetworkImageNet(_EvalNetwork):
         self.stem1 = nn.Sequential(
             nn.ReLU(inplace=True), nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C))
         C_prev, C_aux = self._build_cells(genotype, C, layers, C, True, (layers // 3, 2 * layers // 3), seed)
-        self.auxiliary = AuxiliaryHeadImageNet(C_aux, num_classes) if auxiliary else None
+        self.auxiliary = AuxiliaryHead(C_aux, num_classes, pool_stride=2) if auxiliary else None
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, num_classes)
         self._init_generator(seed)
