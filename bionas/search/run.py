@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import pandas as pd
 import torch
 import yaml
@@ -34,7 +33,7 @@ from bionas.errors import ConfigError
 from bionas.io import atomic_open, save_csv, save_json, save_torch
 from bionas.search.config import SearchConfig, apply_options
 from bionas.search.genotype import Genotype
-from bionas.search.space import SupernetShape, load_space
+from bionas.search.space import load_space
 from bionas.search.strategy import STRATEGIES, evaluate_supernet
 from bionas.search.supernet import Supernet
 
@@ -263,15 +262,4 @@ def _write_logs(search: _Search, out: Path) -> None:
               out / "arch_history.json")
 
 
-def load_arch_history(path: str | Path) -> list[dict]:
-    import json
-
-    return json.loads(Path(path).read_text())["epochs"]
-
-
-def mixing_weight_series(arch_history: list[dict], cell: str) -> np.ndarray:
-    """(epochs, edges, candidates) mixing weights of ``cell`` ("normal" or "reduce") over the search."""
-    return np.array([entry["genotype"]["weights"][cell] for entry in arch_history])
-
-
-__all__ = ["run_search", "SearchResult", "SupernetShape", "resumed_config", "mixing_weight_series"]
+__all__ = ["run_search", "SearchResult", "resumed_config"]
