@@ -73,9 +73,9 @@ def main() -> None:
 
     device = torch.device(args.device)
     data = load_dataset("cifar10", args.data_dir, "train", per_class=max(1, 2 * args.batch // 10 + 1), seed=0)
-    batches = iter(BatchLoader(data, args.batch, seed=0, device=device, drop_last=True))
     fmt = torch.channels_last if not args.no_channels_last else torch.contiguous_format
-    train, val = [(x.contiguous(memory_format=fmt), y) for x, y in (next(batches), next(batches))]
+    batches = iter(BatchLoader(data, args.batch, seed=0, device=device, drop_last=True, memory_format=fmt))
+    train, val = next(batches), next(batches)
 
     runs = {}
     for name in args.spaces:

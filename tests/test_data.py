@@ -146,3 +146,17 @@ def test_cifar100_pickle_layout_reads_fine_labels(tmp_path):
     train = load_dataset("cifar100", tmp_path, "train")
     assert train.labels.tolist() == [0, 99, 5, 7, 42, 1] and train.num_classes == 100
     assert train.classes[99] == "f99" and len(load_dataset("cifar100", tmp_path, "test")) == 3
+
+
+def test_loader_memory_format_changes_the_layout_not_the_values(cifar10_small):
+    import torch
+
+    from bionas.data import Augmentation, BatchLoader
+
+    train, _ = cifar10_small
+    aug = Augmentation(crop_padding=4, flip=True, cutout=8)
+    plain = next(iter(BatchLoader(train, 16, augment=aug, seed=3)))
+    cl = next(iter(BatchLoader(train, 16, augment=aug, seed=3, memory_format=torch.channels_last)))
+    assert cl[0].is_contiguous(memory_format=torch.channels_last) and not plain[0].is_contiguous(
+        memory_format=torch.channels_last)
+    assert torch.equal(plain[0], cl[0]) and torch.equal(plain[1], cl[1])

@@ -73,15 +73,18 @@ class BatchLoader:
         augment: augmentation applied to every batch (``None``: none, e.g. for test data).
         seed: seeds this loader's generator (order and augmentation).
         device: where batches are produced (augmentation runs there too).
+        memory_format: layout of the image batches (``torch.channels_last`` makes oneDNN's and
+            cuDNN's depthwise convolutions much faster).
     """
 
     def __init__(self, data: ImageArrays, batch_size: int, shuffle: bool = True,
                  augment: Augmentation | None = None, seed: int = 0, drop_last: bool = False,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", memory_format: torch.memory_format = torch.contiguous_format):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.data, self.batch_size, self.shuffle = data, batch_size, shuffle
         self.augment, self.drop_last, self.device = augment, drop_last, torch.device(device)
+        self.memory_format = memory_format
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch = 0
         self._mean = torch.tensor(data.mean, device=self.device)[None, :, None, None]
@@ -113,7 +116,7 @@ class BatchLoader:
         x = (x - self._mean) / self._std
         if aug is not None:
             x = cutout(x, aug.cutout, gen)
-        return x, self.data.labels[idx].to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=self.memory_format), self.data.labels[idx].to(self.device, non_blocking=True)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "epoch": self.epoch}

@@ -77,11 +77,14 @@ class _Search:
                 raise ConfigError(f"the {what} half holds {len(part)} images, fewer than one batch of "
                                   f"{config.batch_size}; lower --batch-size or raise per_class")
         augment = TRAIN_AUGMENTATION[self.dataset] if config.augment else None
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.train_stream = BatchStream(BatchLoader(self.train_data, config.batch_size, augment=augment,
-                                                    seed=config.seed + 1, device=self.device))
+                                                    seed=config.seed + 1, device=self.device,
+                                                    memory_format=self.memory_format))
         # the architecture's batches come from a persistent iterator over the other half (DARTS)
         self.val_stream = BatchStream(BatchLoader(self.val_data, config.batch_size, augment=augment,
-                                                  seed=config.seed + 2, device=self.device))
+                                                  seed=config.seed + 2, device=self.device,
+                                                  memory_format=self.memory_format))
         self.steps_per_epoch = self.train_stream.batches_per_pass
         if config.steps_per_epoch is not None:
             self.steps_per_epoch = min(self.steps_per_epoch, config.steps_per_epoch)
@@ -90,18 +93,11 @@ class _Search:
         self.model = Supernet(self.space, data.channels, data.num_classes, seed=config.seed, shape=self.shape,
                               rule_options=config.rule_options, init=config.init,
                               fuse=config.fuse_candidates).to(self.device)
-        if config.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = self.model.to(memory_format=self.memory_format)
         self.strategy = STRATEGIES.get(config.method)(self.model, config)
         self.history: list[dict] = []
         self.arch_history: list[dict] = []
         self.epoch = 0
-
-    def batch(self, stream: BatchStream):
-        x, y = next(stream)
-        if self.config.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, y
 
     # --- persistence ----------------------------------------------------------------------------
     def checkpoint(self) -> dict:
@@ -218,7 +214,7 @@ def _run_epoch(search: _Search) -> None:
                disable=None if config.progress else True)
     for i in bar:
         step = search.epoch * search.steps_per_epoch + i
-        metrics = strategy.step(search.batch(search.train_stream), search.batch(search.val_stream), step)
+        metrics = strategy.step(next(search.train_stream), next(search.val_stream), step)
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + v
         bar.set_postfix({k: f"{v / (i + 1):.3f}" for k, v in sums.items()})
@@ -238,21 +234,10 @@ def _run_epoch(search: _Search) -> None:
     log.info("epoch %d genotype: %s", epoch, row["genotype"])
 
 
-class _ChannelsLast:
-    """Wrap a loader so its images come channels-last, like the training batches."""
-
-    def __init__(self, loader, enabled: bool):
-        self.loader, self.enabled = loader, enabled
-
-    def __iter__(self):
-        for x, y in self.loader:
-            yield (x.contiguous(memory_format=torch.channels_last) if self.enabled else x), y
-
-
 def _eval_loader(search: _Search):
     """The whole architecture half, unaugmented (DARTS ``infer``; evaluated with batch statistics)."""
-    loader = BatchLoader(search.val_data, max(search.config.batch_size, 256), shuffle=False, device=search.device)
-    return _ChannelsLast(loader, search.config.channels_last)
+    return BatchLoader(search.val_data, max(search.config.batch_size, 256), shuffle=False, device=search.device,
+                       memory_format=search.memory_format)
 
 
 def _write_logs(search: _Search, out: Path) -> None:

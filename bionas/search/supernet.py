@@ -270,8 +270,7 @@ class Supernet(nn.Module):
 
     def weight_parameters(self) -> Iterator[nn.Parameter]:
         """Every parameter except the architecture logits (what the weight optimiser trains)."""
-        arch = {id(p) for p in self.arch_parameters()}
-        return (p for p in self.parameters() if id(p) not in arch)
+        return (p for _, p in self.named_weight_parameters())
 
     def named_weight_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         arch = {id(p) for p in self.arch_parameters()}
