@@ -14,7 +14,6 @@ from bionas.errors import BionasError
 
 # Which issue brings each command still being built (printed instead of a traceback).
 PLANNED = {
-    "train": "retraining of genotypes and baselines (issue #5)",
     "attack": "the robustness suite (issue #6)",
 }
 
@@ -80,16 +79,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(handler=_search)
 
-    p = sub.add_parser("train", help="retrain a genotype or a single-rule ResNet baseline (in progress)")
-    p.add_argument("--genotype", default=None, help="genotype file or registered name")
-    p.add_argument("--model", default=None, help="baseline model, e.g. resnet20")
-    p.add_argument("--rule", default=None, help="one learning rule for every layer")
-    _add_data_options(p)
-    _add_run_options(p, "runs/train")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--preset", default=None)
-    p.add_argument("--resume", action="store_true")
-    p.set_defaults(handler=_planned)
+    p = sub.add_parser("train", help="retrain a genotype's cell network, or a single-rule ResNet baseline",
+                       description="Train the DARTS evaluation network of a genotype (every edge keeps its "
+                                   "learning rule) or a ResNet baseline with one rule. Options resolve as: the "
+                                   "paper's recipe for the model and dataset < --preset < --config < flags and --set. "
+                                   "Data-parallel under torchrun (torchrun --nproc_per_node N -m bionas train ...). "
+                                   "Writes train_log.csv, curves.png, results.json and a checkpoint per epoch to --out.")
+    p.add_argument("--genotype", default=None, metavar="NAME|FILE",
+                   help="registered genotype (darts_v1, darts_v2) or a genotype file (a search's genotype.json)")
+    p.add_argument("--model", default=None, help="resnet20 or resnet56 for a single-rule baseline (default: the "
+                                                 "cell network of --genotype)")
+    p.add_argument("--rule", default=None, help="one learning rule on every weighted layer or edge (bp, fa, usf, ...)")
+    p.add_argument("--rules", choices=["random"], default=None,
+                   help="random: each weighted edge draws its rule among those --space allows (seeded by --seed)")
+    p.add_argument("--space", default=None, help="search space for --rules random (default: bionas)")
+    p.add_argument("--dataset", default=None,
+                   help="cifar10, cifar100, imagenet16-120, imagenet, digits, or auto (default: auto)")
+    p.add_argument("--data-dir", default=None, help="dataset directory (default: $BIONAS_DATA)")
+    p.add_argument("--out", default=None, help="output directory (default: runs/train)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: 0)")
+    p.add_argument("--epochs", type=int, default=None, help="default: the recipe's (600 for CIFAR)")
+    p.add_argument("--batch-size", type=int, default=None, help="global batch size (default: the recipe's)")
+    p.add_argument("--lr", type=float, default=None, help="initial learning rate (default: the recipe's)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, ... (default: auto)")
+    p.add_argument("--preset", default=None, help="named preset from bionas/configs/train.yaml, e.g. smoke")
+    p.add_argument("--config", default=None, metavar="YAML", help="options from a YAML file (e.g. a run's config.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config field, e.g. --set channels=16 --set drop_path=0.3 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_train)
 
     p = sub.add_parser("attack", help="adversarial robustness suite (in progress)")
     p.add_argument("--checkpoint", nargs="+", default=None)
@@ -176,6 +195,36 @@ def _search(args) -> int:
               f"val acc {last['val_acc']:.3f}, {history['seconds'].sum():.0f} s in all")
     print(f"genotype: {result.genotype.to_darts_literal()}")
     print(f"wrote {result.out}/: {', '.join(sorted(p.name for p in result.out.iterdir() if p.is_file()))}")
+    return 0
+
+
+def _train(args) -> int:
+    from bionas.configs.options import parse_assignment
+    from bionas.train import TrainConfig, resolve_config, run_train
+
+    flags = {"genotype": args.genotype, "model": args.model, "rule": args.rule, "space": args.space,
+             "dataset": args.dataset, "data_dir": args.data_dir, "out": args.out, "seed": args.seed,
+             "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "device": args.device}
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    if args.rules == "random":
+        overrides["random_rules"] = True
+    overrides.update(parse_assignment(text) for text in args.set)
+    if args.no_progress:
+        overrides["progress"] = False
+    if args.resume:
+        config = TrainConfig(out=overrides.get("out", TrainConfig.out), progress=not args.no_progress,
+                             device=overrides.get("device", TrainConfig.device))
+        result = run_train(config, resume=True, overrides=overrides)
+    else:
+        result = run_train(resolve_config(args.preset, args.config, overrides))
+    from bionas.train.distributed import from_environment
+
+    if from_environment().main:
+        history = result.history
+        if len(history):
+            print(f"trained {len(history)} epochs in {history['seconds'].sum():.0f} s: final train acc "
+                  f"{history['train_acc'].iloc[-1]:.3f}, test acc {result.test_acc:.4f}")
+        print(f"wrote {result.out}/: {', '.join(sorted(p.name for p in result.out.iterdir() if p.is_file()))}")
     return 0
 
 

@@ -15,6 +15,7 @@ from typing import Callable
 from bionas.data.arrays import ImageArrays, balanced_subset, search_split
 from bionas.data.cifar import load_cifar
 from bionas.data.digits import load_digits
+from bionas.data.imagenet16 import load_imagenet16
 from bionas.data.loader import Augmentation, BatchLoader, BatchStream
 from bionas.errors import DataError
 from bionas.registry import Registry
@@ -28,14 +29,19 @@ DATASETS: Registry[Callable[..., ImageArrays]] = Registry("dataset")
 DATASETS.register("cifar10")(lambda root, split, per_class, seed: load_cifar("cifar10", root, split, per_class, seed))
 DATASETS.register("cifar100")(lambda root, split, per_class, seed: load_cifar("cifar100", root, split, per_class, seed))
 DATASETS.register("digits")(lambda root, split, per_class, seed: load_digits(split, per_class, seed))
+DATASETS.register("imagenet16-120")(lambda root, split, per_class, seed: load_imagenet16(root, split, per_class, seed))
 
-NEEDS_DIRECTORY = {"cifar10", "cifar100"}
+# too large for memory: read by bionas.data.imagenet.ImageFolderLoader in worker processes
+STREAMED_DATASETS = ("imagenet",)
+
+NEEDS_DIRECTORY = {"cifar10", "cifar100", "imagenet16-120", "imagenet"}
 
 # the standard training augmentation of each dataset (a config may override it)
 TRAIN_AUGMENTATION = {
     "cifar10": Augmentation(crop_padding=4, flip=True),
     "cifar100": Augmentation(crop_padding=4, flip=True),
     "digits": Augmentation(crop_padding=1, flip=False),  # a flipped digit is another symbol
+    "imagenet16-120": Augmentation(crop_padding=2, flip=True),  # NAS-Bench-201's recipe
 }
 
 FALLBACK_NOTICE = ("no dataset directory given (--data-dir or BIONAS_DATA): using scikit-learn's "
@@ -53,7 +59,8 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path | None:
 def resolve_dataset_name(name: str, data_dir: str | Path | None = None) -> str:
     """Turn ``"auto"`` into a concrete name: cifar10 when a data directory is known, else digits."""
     if name != "auto":
-        DATASETS.get(name)
+        if name not in STREAMED_DATASETS:
+            DATASETS.get(name)
         return name
     if resolve_data_dir(data_dir) is None:
         log.warning(FALLBACK_NOTICE)
@@ -68,6 +75,8 @@ def load_dataset(name: str, data_dir: str | Path | None = None, split: str = "tr
     ``per_class`` keeps a seeded class-balanced subset of that many images per class.
     """
     name = resolve_dataset_name(name, data_dir)
+    if name in STREAMED_DATASETS:
+        raise DataError(f"{name} does not fit in memory; read it with bionas.data.imagenet.ImageFolderLoader")
     root = resolve_data_dir(data_dir)
     if name in NEEDS_DIRECTORY and root is None:
         raise DataError(f"{name} needs a data directory: pass --data-dir DIR or set {ENV_VAR}=DIR "
@@ -78,5 +87,5 @@ def load_dataset(name: str, data_dir: str | Path | None = None, split: str = "tr
 __all__ = [
     "ImageArrays", "BatchLoader", "BatchStream", "Augmentation", "DATASETS", "TRAIN_AUGMENTATION", "ENV_VAR",
     "load_dataset", "resolve_data_dir", "resolve_dataset_name", "balanced_subset", "search_split",
-    "load_cifar", "load_digits",
+    "load_cifar", "load_digits", "load_imagenet16", "STREAMED_DATASETS", "NEEDS_DIRECTORY",
 ]

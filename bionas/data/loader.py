@@ -28,39 +28,70 @@ class Augmentation:
     cutout: int = 0
 
 
-def random_crop(x: Tensor, padding: int, gen: torch.Generator) -> Tensor:
-    """Per-image random crop of ``x`` (B, C, H, W) from its zero-padded version."""
-    if padding <= 0:
-        return x
+def draw_augmentation(aug: Augmentation, n: int, size: int, gen: torch.Generator) -> dict[str, Tensor]:
+    """The random numbers of ``aug`` for ``n`` images of ``size`` x ``size``, drawn in a fixed
+    order (crop offsets, flips, cutout centres); each entry has ``n`` rows, one per image."""
+    draws = {}
+    if aug.crop_padding > 0:
+        draws["crop_y"] = torch.randint(0, 2 * aug.crop_padding + 1, (n,), generator=gen)
+        draws["crop_x"] = torch.randint(0, 2 * aug.crop_padding + 1, (n,), generator=gen)
+    if aug.flip:
+        draws["flip"] = torch.rand(n, generator=gen) < 0.5
+    if aug.cutout > 0:
+        draws["cut_y"] = torch.randint(0, size, (n,), generator=gen)
+        draws["cut_x"] = torch.randint(0, size, (n,), generator=gen)
+    return draws
+
+
+def apply_augmentation(x: Tensor, aug: Augmentation, draws: dict[str, Tensor], mean: Tensor, std: Tensor) -> Tensor:
+    """Crop, flip, normalise, cutout ``x`` (B, C, H, W) in [0, 1] with the numbers in ``draws``."""
+    if aug.crop_padding > 0:
+        x = crop(x, aug.crop_padding, draws["crop_y"], draws["crop_x"])
+    if aug.flip:
+        x = torch.where(draws["flip"].to(x.device)[:, None, None, None], x.flip(3), x)
+    x = (x - mean) / std
+    if aug.cutout > 0:
+        x = cut(x, aug.cutout, draws["cut_y"], draws["cut_x"])
+    return x
+
+
+def crop(x: Tensor, padding: int, oy: Tensor, ox: Tensor) -> Tensor:
+    """Window ``[oy, oy + H) x [ox, ox + W)`` of each zero-padded image of ``x`` (B, C, H, W)."""
     B, _, H, W = x.shape
     padded = F.pad(x, (padding, padding, padding, padding))  # (B, C, H+2p, W+2p)
-    oy = torch.randint(0, 2 * padding + 1, (B,), generator=gen).to(x.device)
-    ox = torch.randint(0, 2 * padding + 1, (B,), generator=gen).to(x.device)
+    oy, ox = oy.to(x.device), ox.to(x.device)
     rows = (oy[:, None] + torch.arange(H, device=x.device))[:, :, None]  # (B, H, 1)
     cols = (ox[:, None] + torch.arange(W, device=x.device))[:, None, :]  # (B, 1, W)
     batch = torch.arange(B, device=x.device)[:, None, None]
     return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)  # (B, C, H, W)
 
 
-def random_flip(x: Tensor, gen: torch.Generator) -> Tensor:
-    """Flip each image of ``x`` left-right with probability 1/2."""
-    flip = (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device)
-    return torch.where(flip[:, None, None, None], x.flip(3), x)
-
-
-def cutout(x: Tensor, length: int, gen: torch.Generator) -> Tensor:
-    """Zero a square per image: rows ``[cy - length//2, cy + length//2)`` (and likewise columns),
-    centre uniform over the image, clipped at the borders -- DeVries & Taylor's reference code."""
-    if length <= 0:
-        return x
-    B, _, H, W = x.shape
-    cy = torch.randint(0, H, (B, 1, 1), generator=gen).to(x.device)
-    cx = torch.randint(0, W, (B, 1, 1), generator=gen).to(x.device)
+def cut(x: Tensor, length: int, cy: Tensor, cx: Tensor) -> Tensor:
+    """Zero rows ``[cy - length//2, cy + length//2)`` x the same columns of each image, clipped at
+    the borders -- DeVries & Taylor's reference code."""
+    _, _, H, W = x.shape
+    cy, cx = cy.to(x.device)[:, None, None], cx.to(x.device)[:, None, None]  # (B, 1, 1)
     ys = torch.arange(H, device=x.device)[None, :, None]  # (1, H, 1)
     xs = torch.arange(W, device=x.device)[None, None, :]  # (1, 1, W)
     half = length // 2
     inside = (ys >= cy - half) & (ys < cy + half) & (xs >= cx - half) & (xs < cx + half)  # (B, H, W)
     return x.masked_fill(inside[:, None], 0.0)
+
+
+def random_crop(x: Tensor, padding: int, gen: torch.Generator) -> Tensor:
+    """Per-image random crop of ``x`` (B, C, H, W) from its zero-padded version."""
+    if padding <= 0:
+        return x
+    d = draw_augmentation(Augmentation(crop_padding=padding), x.shape[0], x.shape[2], gen)
+    return crop(x, padding, d["crop_y"], d["crop_x"])
+
+
+def cutout(x: Tensor, length: int, gen: torch.Generator) -> Tensor:
+    """Zero a square per image, centre uniform over the image (see :func:`cut`)."""
+    if length <= 0:
+        return x
+    d = draw_augmentation(Augmentation(cutout=length), x.shape[0], x.shape[2], gen)
+    return cut(x, length, d["cut_y"], d["cut_x"])
 
 
 class BatchLoader:
@@ -75,13 +106,23 @@ class BatchLoader:
         device: where batches are produced (augmentation runs there too).
         memory_format: layout of the image batches (``torch.channels_last`` makes oneDNN's and
             cuDNN's depthwise convolutions much faster).
+        shard: ``(rank, world)`` for data-parallel training: ``batch_size`` is then the *global*
+            batch; every rank draws the same order and the same augmentation for the whole global
+            batch and keeps its images ``rank::world`` (the split of ``DistributedSampler``), so
+            the ranks' batches together are exactly the one-process batch.
     """
 
     def __init__(self, data: ImageArrays, batch_size: int, shuffle: bool = True,
                  augment: Augmentation | None = None, seed: int = 0, drop_last: bool = False,
-                 device: torch.device | str = "cpu", memory_format: torch.memory_format = torch.contiguous_format):
+                 device: torch.device | str = "cpu", memory_format: torch.memory_format = torch.contiguous_format,
+                 shard: tuple[int, int] = (0, 1)):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        rank, world = shard
+        if not 0 <= rank < world or batch_size % world:
+            raise ValueError(f"shard {shard}: need 0 <= rank < world and a global batch ({batch_size}) "
+                             f"divisible by the world size")
+        self.shard = (rank, world)
         self.data, self.batch_size, self.shuffle = data, batch_size, shuffle
         self.augment, self.drop_last, self.device = augment, drop_last, torch.device(device)
         self.memory_format = memory_format
@@ -106,16 +147,19 @@ class BatchLoader:
         return torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
 
     def batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
-        """Images ``idx`` as a normalised, augmented batch (augmentation draws from the loader's generator)."""
-        x = self.data.images[idx].to(self.device, non_blocking=True).float().div_(255.0)  # (B, C, H, W)
+        """Images ``idx`` as a normalised, augmented batch (augmentation draws from the loader's
+        generator); with a shard, this rank's part of it."""
         aug, gen = self.augment, self.generator
+        draws = draw_augmentation(aug, len(idx), self.data.image_size, gen) if aug is not None else None
+        rank, world = self.shard
+        if world > 1:
+            idx = idx[rank::world]
+            draws = {k: v[rank::world] for k, v in draws.items()} if draws is not None else None
+        x = self.data.images[idx].to(self.device, non_blocking=True).float().div_(255.0)  # (B, C, H, W)
         if aug is not None:
-            x = random_crop(x, aug.crop_padding, gen)
-            if aug.flip:
-                x = random_flip(x, gen)
-        x = (x - self._mean) / self._std
-        if aug is not None:
-            x = cutout(x, aug.cutout, gen)
+            x = apply_augmentation(x, aug, draws, self._mean, self._std)
+        else:
+            x = (x - self._mean) / self._std
         return x.contiguous(memory_format=self.memory_format), self.data.labels[idx].to(self.device, non_blocking=True)
 
     def state_dict(self) -> dict:

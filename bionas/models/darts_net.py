@@ -20,11 +20,16 @@ from bionas.rules.base import layer_seed
 from bionas.search.genotype import Genotype
 
 
-def drop_path(x: Tensor, drop_prob: float, generator: torch.Generator) -> Tensor:
-    """Zero whole samples with probability ``drop_prob`` and rescale the rest by ``1/keep``."""
+def drop_path(x: Tensor, drop_prob: float, generator: torch.Generator, shard: tuple[int, int] = (0, 1)) -> Tensor:
+    """Zero whole samples with probability ``drop_prob`` and rescale the rest by ``1/keep``.
+
+    ``shard=(rank, world)``: ``x`` holds images ``rank::world`` of a global batch of
+    ``world * len(x)``; the masks are drawn for the global batch and this rank keeps its rows, so
+    data-parallel training drops exactly the paths one process would."""
     keep = 1.0 - drop_prob
-    mask = torch.bernoulli(torch.full((x.shape[0], 1, 1, 1), keep), generator=generator).to(x.device, x.dtype)
-    return x / keep * mask
+    rank, world = shard
+    mask = torch.bernoulli(torch.full((x.shape[0] * world, 1, 1, 1), keep), generator=generator)[rank::world]
+    return x / keep * mask.to(x.device, x.dtype)
 
 
 class EvalCell(nn.Module):
@@ -32,7 +37,7 @@ class EvalCell(nn.Module):
     learning by its rule; the output concatenates the nodes in ``concat``."""
 
     def __init__(self, genotype: Genotype, C_prev_prev: int, C_prev: int, C: int, reduction: bool,
-                 reduction_prev: bool, seed: int):
+                 reduction_prev: bool, seed: int, rule_options: dict | None = None):
         super().__init__()
         self.reduction = reduction
         if reduction_prev:
@@ -44,14 +49,15 @@ class EvalCell(nn.Module):
         self.concat = tuple(genotype.reduce_concat if reduction else genotype.normal_concat)
         self.edges = tuple((e.node, e.source) for e in edges)
         self.ops = nn.ModuleList(
-            e.candidate.build(C, 2 if reduction and e.source < 2 else 1, affine=True, seed=layer_seed(seed, i))
+            e.candidate.build(C, 2 if reduction and e.source < 2 else 1, affine=True, seed=layer_seed(seed, i),
+                              **(rule_options or {}).get(e.rule, {}))
             for i, e in enumerate(edges))
         self.identity = tuple(isinstance(op, nn.Identity) for op in self.ops)
         self.nodes = max(node for node, _ in self.edges) - 1
         self.multiplier = len(self.concat)
 
     def forward(self, s0: Tensor, s1: Tensor, drop_prob: float = 0.0,
-                generator: torch.Generator | None = None) -> Tensor:
+                generator: torch.Generator | None = None, shard: tuple[int, int] = (0, 1)) -> Tensor:
         states = {0: self.preprocess0(s0), 1: self.preprocess1(s1)}  # each (B, C, H, W)
         for node in range(2, 2 + self.nodes):
             total = 0
@@ -60,7 +66,7 @@ class EvalCell(nn.Module):
                     continue
                 h = op(states[source])
                 if self.training and drop_prob > 0 and not identity:
-                    h = drop_path(h, drop_prob, generator)
+                    h = drop_path(h, drop_prob, generator, shard)
                 total = total + h
             states[node] = total
         return torch.cat([states[i] for i in self.concat], dim=1)  # (B, multiplier * C, H', W')
@@ -86,7 +92,7 @@ class _EvalNetwork(nn.Module):
     """Shared body: cells, auxiliary head after the second reduction, drop path, classifier."""
 
     def _build_cells(self, genotype: Genotype, C: int, layers: int, C_stem: int, reduction_prev: bool,
-                     first_reductions: tuple[int, ...], seed: int) -> int:
+                     first_reductions: tuple[int, ...], seed: int, rule_options: dict | None) -> int:
         C_prev_prev, C_prev, C_curr = C_stem, C_stem, C
         self.cells = nn.ModuleList()
         self.aux_position = 2 * layers // 3
@@ -95,7 +101,8 @@ class _EvalNetwork(nn.Module):
             reduction = i in first_reductions
             if reduction:
                 C_curr *= 2
-            cell = EvalCell(genotype, C_prev_prev, C_prev, C_curr, reduction, reduction_prev, layer_seed(seed, i))
+            cell = EvalCell(genotype, C_prev_prev, C_prev, C_curr, reduction, reduction_prev, layer_seed(seed, i),
+                            rule_options)
             self.cells.append(cell)
             reduction_prev = reduction
             C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
@@ -105,6 +112,7 @@ class _EvalNetwork(nn.Module):
 
     def _init_generator(self, seed: int) -> None:
         self.drop_prob = 0.0  # set by the trainer, typically ramped linearly over the epochs
+        self.shard = (0, 1)  # (rank, world) under data-parallel training; see drop_path
         self.generator = torch.Generator().manual_seed(layer_seed(seed, 10_000))
 
     def get_extra_state(self) -> dict:
@@ -116,7 +124,7 @@ class _EvalNetwork(nn.Module):
     def _cells_forward(self, s0: Tensor, s1: Tensor) -> tuple[Tensor, Tensor | None]:
         aux_logits = None
         for i, cell in enumerate(self.cells):
-            s0, s1 = s1, cell(s0, s1, self.drop_prob, self.generator)
+            s0, s1 = s1, cell(s0, s1, self.drop_prob, self.generator, self.shard)
             if i == self.aux_position and self.auxiliary is not None and self.training:
                 aux_logits = self.auxiliary(s1)
         return s1, aux_logits
@@ -137,15 +145,18 @@ class NetworkCIFAR(_EvalNetwork):
         genotype: the cell; every edge's op learns by its rule.
         C: initial channels (36 in the paper); layers: cells (20); auxiliary: add the auxiliary
             head (weight 0.4 in the paper's loss); seed: seeds the rules' random feedback and the
-            drop-path masks. Weights follow the torch defaults unless the trainer re-initialises.
+            drop-path masks; rule_options: ``{rule: {option: value}}`` for the edges' rules.
+            Weights follow the torch defaults unless the trainer re-initialises.
     """
 
     def __init__(self, genotype: Genotype, num_classes: int, C: int = 36, layers: int = 20,
-                 auxiliary: bool = True, in_channels: int = 3, stem_multiplier: int = 3, seed: int = 0):
+                 auxiliary: bool = True, in_channels: int = 3, stem_multiplier: int = 3, seed: int = 0,
+                 rule_options: dict | None = None):
         super().__init__()
         C_stem = stem_multiplier * C
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C_stem, 3, padding=1, bias=False), nn.BatchNorm2d(C_stem))
-        C_prev, C_aux = self._build_cells(genotype, C, layers, C_stem, False, (layers // 3, 2 * layers // 3), seed)
+        C_prev, C_aux = self._build_cells(genotype, C, layers, C_stem, False, (layers // 3, 2 * layers // 3), seed,
+                                          rule_options)
         self.auxiliary = AuxiliaryHead(C_aux, num_classes, pool_stride=3) if auxiliary else None
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, num_classes)
@@ -162,14 +173,15 @@ class NetworkImageNet(_EvalNetwork):
     the first cell treats the stem as a reduction). Paper: C=48, 14 cells."""
 
     def __init__(self, genotype: Genotype, num_classes: int, C: int = 48, layers: int = 14,
-                 auxiliary: bool = True, in_channels: int = 3, seed: int = 0):
+                 auxiliary: bool = True, in_channels: int = 3, seed: int = 0, rule_options: dict | None = None):
         super().__init__()
         self.stem0 = nn.Sequential(
             nn.Conv2d(in_channels, C // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C // 2),
             nn.ReLU(inplace=True), nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C))
         self.stem1 = nn.Sequential(
             nn.ReLU(inplace=True), nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C))
-        C_prev, C_aux = self._build_cells(genotype, C, layers, C, True, (layers // 3, 2 * layers // 3), seed)
+        C_prev, C_aux = self._build_cells(genotype, C, layers, C, True, (layers // 3, 2 * layers // 3), seed,
+                                          rule_options)
         self.auxiliary = AuxiliaryHead(C_aux, num_classes, pool_stride=2) if auxiliary else None
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, num_classes)

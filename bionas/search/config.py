@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
 from bionas import configs
+from bionas.configs import options as options_lib
+from bionas.configs.options import parse_assignment  # noqa: F401 (re-exported for the CLI and tests)
 from bionas.errors import ConfigError
 
 ORDERS = ("first", "second")
@@ -109,42 +109,9 @@ class SearchConfig:
         return out
 
 
-FIELDS = {f.name: f for f in dataclasses.fields(SearchConfig)}
-
-
-def _coerce(name: str, value: Any) -> Any:
-    """YAML/flag values into the field's type: ints stay ints, ints become floats where a float is
-    expected, lists become the betas tuple; anything else is checked by ``validate``."""
-    if name == "arch_betas" and isinstance(value, (list, tuple)):
-        return tuple(float(v) for v in value)
-    default = FIELDS[name].default
-    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(default, bool) and not isinstance(value, bool):
-        raise ConfigError(f"{name} must be true or false, got {value!r}")
-    return value
-
-
 def apply_options(config: SearchConfig, options: dict, source: str) -> SearchConfig:
     """``config`` with ``options`` set; unknown keys are an error naming ``source``."""
-    unknown = sorted(set(options) - set(FIELDS))
-    if unknown:
-        raise ConfigError(f"unknown search option(s) {', '.join(unknown)} in {source}; "
-                          f"known: {', '.join(FIELDS)}")
-    return dataclasses.replace(config, **{k: _coerce(k, v) for k, v in options.items()})
-
-
-def parse_assignment(text: str) -> tuple[str, Any]:
-    """``"key=value"`` with a YAML-parsed value (``lr=0.05``, ``rule_options={usf: {scale: 1.0}}``)."""
-    import yaml
-
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set takes KEY=VALUE, got {text!r}")
-    try:
-        return key.strip(), yaml.safe_load(raw)
-    except yaml.YAMLError:
-        raise ConfigError(f"--set {text!r}: the value is not valid YAML") from None
+    return options_lib.apply_options(config, options, source, "search")
 
 
 def resolve_config(preset: str | None = None, config_file: str | Path | None = None,

@@ -31,6 +31,7 @@ import bionas
 from bionas.data import TRAIN_AUGMENTATION, BatchLoader, BatchStream, load_dataset, resolve_dataset_name, search_split
 from bionas.errors import ConfigError
 from bionas.io import atomic_open, save_csv, save_json, save_torch
+from bionas.configs.options import check_resume
 from bionas.search.config import SearchConfig, apply_options
 from bionas.search.genotype import Genotype
 from bionas.search.space import load_space
@@ -140,11 +141,7 @@ def _check_out(out: Path, resume: bool) -> dict | None:
 def resumed_config(state: dict, overrides: dict | None = None) -> SearchConfig:
     """The config saved in a checkpoint; ``overrides`` may only repeat it (or change ``progress``/``out``)."""
     saved = apply_options(SearchConfig(), state["config"], "the checkpoint")
-    changed = {k: v for k, v in (overrides or {}).items()
-               if k not in ("progress", "out") and apply_options(saved, {k: v}, "the command line") != saved}
-    if changed:
-        raise ConfigError(f"--resume continues the saved run, which has {', '.join(f'{k}={getattr(saved, k)!r}' for k in changed)}; "
-                          f"drop {', '.join(changed)} from the command or start a new run in another --out")
+    check_resume(saved, overrides, ("progress", "out"), "search")
     return saved
 
 

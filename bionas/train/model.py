@@ -1,0 +1,129 @@
+"""Building the network a training config describes, and loading it back from a checkpoint.
+
+``build_network`` is the one place that turns (config, dataset shape) into a model: the DARTS
+evaluation network of a genotype whose every edge keeps its rule (after the ``--rule`` /
+``--rules random`` overrides), or a ResNet baseline converted to one rule; then the seeded
+initialisation. ``load_trained`` rebuilds it from a checkpoint (what ``bionas attack`` uses).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from bionas import rules
+from bionas.errors import ConfigError
+from bionas.models.darts_net import NetworkCIFAR, NetworkImageNet
+from bionas.models.genotypes import resolve_genotype, with_random_rules, with_rule
+from bionas.models.resnet import MODELS
+from bionas.rules.base import layer_seed
+from bionas.search.genotype import Genotype
+from bionas.search.space import load_space
+from bionas.train.config import CELL_MODEL, TrainConfig
+
+CHECKPOINT_FORMAT = "bionas-train-checkpoint/1"
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """What a network needs to know about its dataset (saved in the checkpoint)."""
+
+    name: str
+    channels: int
+    image_size: int
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def training_genotype(config: TrainConfig) -> Genotype | None:
+    """The genotype to train with the rule overrides applied (``None`` for a baseline model)."""
+    if config.model != CELL_MODEL:
+        return None
+    genotype = resolve_genotype(config.genotype)
+    if config.rule is not None:
+        genotype = with_rule(genotype, config.rule)
+    elif config.random_rules:
+        genotype = with_random_rules(genotype, load_space(config.space), config.seed)
+    return genotype
+
+
+def initialise(model: nn.Module, init: str, seed: int) -> None:
+    """Xavier-uniform (BioNAS section 3.4) or PyTorch's default weights for every convolution and
+    linear layer, from a generator seeded by ``seed`` (never the global RNG); biases zero."""
+    gen = torch.Generator().manual_seed(layer_seed(seed, 20_000))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                if init == "xavier":
+                    nn.init.xavier_uniform_(m.weight, generator=gen)
+                else:
+                    nn.init.kaiming_uniform_(m.weight, a=5 ** 0.5, generator=gen)
+                if m.bias is not None:
+                    m.bias.zero_()
+
+
+def build_network(config: TrainConfig, data: DataShape, genotype: Genotype | None) -> nn.Module:
+    """The model of ``config`` for ``data``, initialised; every layer's rule already in force."""
+    if config.model == CELL_MODEL:
+        if genotype is None:
+            raise ConfigError("the cell network needs a genotype")
+        if config.layers < 3:
+            raise ConfigError(f"the cell network needs at least 3 cells (two reductions), got layers={config.layers}")
+        cls = NetworkImageNet if data.name == "imagenet" else NetworkCIFAR
+        net = cls(genotype, data.num_classes, C=config.channels, layers=config.layers,
+                  auxiliary=config.auxiliary_weight > 0, in_channels=data.channels, seed=config.seed,
+                  rule_options=config.rule_options)
+    else:
+        net = MODELS.get(config.model)(data.num_classes, data.channels)
+        rule = config.rule or "bp"
+        net = rules.convert(net, rule, seed=config.seed, **config.rule_options.get(rule, {}))
+    initialise(net, config.init, config.seed)
+    return net
+
+
+class WithAuxiliary(nn.Module):
+    """``forward`` returns ``(logits, auxiliary logits or None)``: what the training loss needs,
+    as a module ``DistributedDataParallel`` can wrap (its hooks only see ``forward``)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        if hasattr(self.net, "forward_with_aux"):
+            return self.net.forward_with_aux(x)
+        return self.net(x), None
+
+
+@dataclass
+class Trained:
+    """A network loaded from a training checkpoint, in eval mode."""
+
+    model: nn.Module
+    config: TrainConfig
+    data: DataShape
+    genotype: Genotype | None
+    epoch: int
+    history: list[dict]
+
+
+def load_trained(path: str | Path, device: torch.device | str = "cpu") -> Trained:
+    """Rebuild the network saved in a ``bionas train`` checkpoint (weights, rules, feedback)."""
+    from bionas.train.config import apply_options
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"{path} is not a bionas train checkpoint")
+    config = apply_options(TrainConfig(), state["config"], str(path))
+    data = DataShape(**{**state["data"], "mean": tuple(state["data"]["mean"]), "std": tuple(state["data"]["std"])})
+    genotype = Genotype.from_dict(state["genotype"]) if state["genotype"] is not None else None
+    net = build_network(config, data, genotype)
+    net.load_state_dict(state["model"])
+    net.to(device).eval()
+    return Trained(net, config, data, genotype, int(state["epoch"]), list(state["history"]))
