@@ -31,13 +31,18 @@ def test_listings_name_every_registered_entry(capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["train"], "not implemented yet"),
+    (["train"], "nothing to train: give --genotype"),
+    (["train", "--model", "resnet18"], "unknown model 'resnet18'"),
+    (["train", "--model", "resnet20", "--genotype", "darts_v2"], "takes --rule only"),
+    (["train", "--genotype", "darts_v2", "--rule", "hebbo"], "unknown learning rule 'hebbo'"),
+    (["train", "--genotype", "no_such_cell"], "unknown genotype 'no_such_cell'"),
+    (["attack"], "not implemented yet"),
     (["quickstart", "--rules", "bp", "hebbo"], "unknown rule(s) hebbo"),
     (["quickstart", "--dataset", "cifar10", "--data-dir", "/no/such/dir"], "does not exist"),
     (["quickstart", "--dataset", "mnist"], "unknown dataset 'mnist'"),
 ])
 def test_bad_input_gives_one_line_and_status_2(argv, message, capsys, tmp_path):
-    assert main(argv + (["--out", str(tmp_path)] if argv[0] == "quickstart" else [])) == 2
+    assert main(argv + (["--out", str(tmp_path)] if argv[0] in ("quickstart", "train") else [])) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("bionas: error: ") and message in err[-1]
     assert not any(tmp_path.iterdir())  # nothing written, config.json included

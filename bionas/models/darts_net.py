@@ -13,6 +13,7 @@ training resumes exactly and the global RNG is never touched.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bionas.ops import FactorizedReduce, ReLUConvBN
@@ -74,7 +75,8 @@ class EvalCell(nn.Module):
 
 class AuxiliaryHead(nn.Module):
     """DARTS' auxiliary classifier: ReLU, 5x5 average pool, 1x1 conv to 128, 2x2 conv to 768,
-    linear. ``pool_stride`` 3 suits the CIFAR network's 8x8 maps, 2 the ImageNet network's 14x14."""
+    linear. ``pool_stride`` 3 suits the CIFAR network's 8x8 maps, 2 the ImageNet network's 14x14.
+    Maps smaller than the 5x5 window (from 8x8 or 16x16 images) are average-pooled to 2x2."""
 
     def __init__(self, C: int, num_classes: int, pool_stride: int):
         super().__init__()
@@ -85,6 +87,9 @@ class AuxiliaryHead(nn.Module):
         self.classifier = nn.Linear(768, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] < 5:  # maps smaller than the pooling window (8x8 images): pool to 2x2 instead
+            x = F.adaptive_avg_pool2d(F.relu(x), 2)
+            return self.classifier(self.features[2:](x).flatten(1))
         return self.classifier(self.features(x).flatten(1))  # (B, classes)
 
 

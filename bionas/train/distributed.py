@@ -136,14 +136,10 @@ def convert_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
     """Every ``BatchNorm2d`` in ``module`` normalised over the global batch, keeping its parameters and buffers."""
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    if isinstance(module, nn.BatchNorm2d) and type(module) is nn.BatchNorm2d:
-        new = GlobalBatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
-                                module.track_running_stats)
-        new.load_state_dict(module.state_dict())
-        if module.affine:
-            new.weight, new.bias = module.weight, module.bias
-        new.train(module.training)
-        return new
+    if type(module) is nn.BatchNorm2d:
+        # same parameters, buffers, dtype and device; only the training-mode forward differs
+        module.__class__ = GlobalBatchNorm2d
+        return module
     for name, child in module.named_children():
         setattr(module, name, convert_batchnorm(child, device))
     return module

@@ -43,6 +43,7 @@ from bionas.data import (STREAMED_DATASETS, TRAIN_AUGMENTATION, BatchLoader, loa
 from bionas.engine import TrainingDiverged
 from bionas.errors import ConfigError
 from bionas.io import atomic_open, save_csv, save_figure, save_json, save_torch
+from bionas.search.genotype import Genotype
 from bionas.search.run import resolve_device
 from bionas.train import distributed
 from bionas.train.config import TrainConfig, apply_options
@@ -88,14 +89,13 @@ def learning_rate(config: TrainConfig, epoch: int) -> float:
 class _Training:
     """Everything one run holds: data, network, optimiser, history."""
 
-    def __init__(self, config: TrainConfig, context: distributed.Context):
-        self.config, self.context = config, context
+    def __init__(self, config: TrainConfig, context: distributed.Context, genotype: Genotype | None):
+        self.config, self.context, self.genotype = config, context, genotype
         self.device = device_for(config, context)
         distributed.check_batch(config.batch_size, context)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.dataset = resolve_dataset_name(config.dataset, config.data_dir)
         self._load_data()
-        self.genotype = training_genotype(config)
         torch.manual_seed(config.seed)  # nothing should draw from it, but keep any stray use repeatable
         self.net = build_network(config, self.data, self.genotype).to(self.device, memory_format=self.memory_format)
         if hasattr(self.net, "shard"):
@@ -138,7 +138,11 @@ class _Training:
             if len(train) < config.batch_size:
                 raise ConfigError(f"{len(train)} training images cannot fill one batch of {config.batch_size}; "
                                   f"lower --batch-size or raise per_class")
-            augment = dataclasses.replace(TRAIN_AUGMENTATION[self.dataset], cutout=config.cutout)
+            cutout = min(config.cutout, train.image_size // 2)
+            if cutout < config.cutout:
+                log.warning("cutout %d is larger than half the %dx%d images: using %d", config.cutout,
+                            train.image_size, train.image_size, cutout)
+            augment = dataclasses.replace(TRAIN_AUGMENTATION[self.dataset], cutout=cutout)
             self.train_loader = BatchLoader(train, config.batch_size, augment=augment, seed=config.seed + 1,
                                             drop_last=True, **common)
             self.test_loader = BatchLoader(test, config.eval_batch_size * self.context.world, shuffle=False,
@@ -270,16 +274,17 @@ def run_train(config: TrainConfig, resume: bool = False, overrides: dict | None 
                                      device=config.device, workers=config.workers)
     else:  # record the dataset "auto" stands for, so that config.yaml repeats this very run
         config = dataclasses.replace(config, dataset=resolve_dataset_name(config.dataset, config.data_dir))
+    genotype = training_genotype(config)  # before loading data: a bad genotype fails at once
     distributed.setup(context, device_for(config, context))
     try:
-        return _run(config, context, out, state, on_epoch_end)
+        return _run(config, context, genotype, out, state, on_epoch_end)
     finally:
         distributed.teardown(context)
 
 
-def _run(config: TrainConfig, context: distributed.Context, out: Path, state: dict | None,
-         on_epoch_end: Callable[[int], None] | None) -> TrainResult:
-    run = _Training(config, context)
+def _run(config: TrainConfig, context: distributed.Context, genotype: Genotype | None, out: Path,
+         state: dict | None, on_epoch_end: Callable[[int], None] | None) -> TrainResult:
+    run = _Training(config, context, genotype)
     if state is not None:
         run.restore(state)
         log.info("resuming %s after epoch %d of %d", out, run.epoch, config.epochs)
