@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bionas import rules  # noqa: E402
 from bionas.data import TRAIN_AUGMENTATION, BatchLoader, load_dataset, resolve_data_dir  # noqa: E402
 from bionas.io import save_csv  # noqa: E402
-from bionas.train import TrainConfig, build_network, resolve_config, training_genotype  # noqa: E402
+from bionas.train import build_network, resolve_config, training_genotype  # noqa: E402
 from bionas.train.model import DataShape, WithAuxiliary  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,12 +49,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per rule and round")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", default="auto", help="auto (bf16 on CUDA), bf16, off")
+    parser.add_argument("--contiguous", action="store_true", help="NCHW tensors instead of channels-last")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default=str(REPO / "results" / "bench_train.csv"))
     args = parser.parse_args()
 
     device = torch.device(args.device)
-    base = {"model": args.model, "device": args.device, "amp": args.amp}
+    base = {"model": args.model, "device": args.device, "amp": args.amp, "channels_last": not args.contiguous}
     if args.model == "darts":
         base["genotype"] = args.genotype
     if args.preset == "cifar":
@@ -128,7 +129,8 @@ def main() -> None:
         row = {"model": args.model if args.model != "darts" else f"darts:{args.genotype}", "rule": rule,
                "channels": config.channels if args.model == "darts" else None,
                "layers": config.layers if args.model == "darts" else None, "batch_size": config.batch_size,
-               "device": str(device), "amp_bf16": use_bf16, "threads": torch.get_num_threads(),
+               "device": str(device), "amp_bf16": use_bf16, "channels_last": config.channels_last,
+               "threads": torch.get_num_threads(),
                "images_per_s": ips, "relative_to_bp": ips / bp if bp else None}
         if args.preset == "cifar":
             row["hours_600_epochs"] = 600 * 50_000 / ips / 3600

@@ -109,3 +109,20 @@ def test_sharded_batches_are_the_one_process_batch_split_rank_by_rank(cifar10_sm
         assert torch.equal(ranks[0][b][1], y[0::2]) and torch.equal(ranks[1][b][1], y[1::2])
     with pytest.raises(ValueError, match="divisible"):
         BatchLoader(train, 9, shard=(0, 2))
+
+
+def test_imagenet_training_runs_end_to_end_on_a_tiny_image_folder(tmp_path):
+    """The ImageNet path of ``bionas train``: folder loader, the ImageNet network, its recipe."""
+    from bionas.models import NetworkImageNet
+    from bionas.train import load_trained, resolve_config, run_train
+
+    write_image_folder(tmp_path / "imagenet")
+    config = resolve_config(None, None, {"genotype": "darts_v1", "dataset": "imagenet",
+                                         "data_dir": str(tmp_path / "imagenet"), "image_size": 64, "workers": 0,
+                                         "channels": 8, "layers": 3, "epochs": 1, "batch_size": 4,
+                                         "eval_batch_size": 6, "out": str(tmp_path / "run"), "progress": False})
+    assert (config.recipe, config.warmup_epochs, config.label_smoothing) == ("imagenet", 5, 0.1)
+    result = run_train(config)
+    assert len(result.history) == 1 and 0.0 <= result.test_acc <= 1.0
+    trained = load_trained(tmp_path / "run" / "checkpoint.pt")
+    assert isinstance(trained.model, NetworkImageNet) and trained.data.num_classes == 2
