@@ -10,6 +10,26 @@ from torch import nn
 from bionas.errors import BionasError
 
 
+INITS = ("xavier", "torch")
+
+
+def initialise_weights(model: nn.Module, init: str, generator: torch.Generator) -> None:
+    """Re-draw every convolution and linear weight of ``model`` from ``generator`` (never the
+    global RNG): ``"xavier"`` is Glorot-uniform (the BioNAS paper, section 3.4), ``"torch"``
+    PyTorch's default (Kaiming-uniform with a = sqrt(5)); biases are zeroed either way."""
+    if init not in INITS:
+        raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                if init == "xavier":
+                    nn.init.xavier_uniform_(m.weight, generator=generator)
+                else:
+                    nn.init.kaiming_uniform_(m.weight, a=5 ** 0.5, generator=generator)
+                if m.bias is not None:
+                    m.bias.zero_()
+
+
 class TrainingDiverged(BionasError):
     """The loss became NaN or infinite."""
 

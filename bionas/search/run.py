@@ -30,7 +30,7 @@ import yaml
 import bionas
 from bionas.data import TRAIN_AUGMENTATION, BatchLoader, BatchStream, load_dataset, resolve_dataset_name, search_split
 from bionas.errors import ConfigError
-from bionas.io import atomic_open, save_csv, save_json, save_torch
+from bionas.io import atomic_open, checkpoint_to_resume, save_csv, save_json, save_torch
 from bionas.configs.options import check_resume
 from bionas.search.config import SearchConfig, apply_options
 from bionas.search.genotype import Genotype
@@ -123,21 +123,6 @@ class _Search:
         return genotype
 
 
-def _check_out(out: Path, resume: bool) -> dict | None:
-    """The checkpoint to resume from, or ``None`` for a fresh run; refuse to overwrite a run."""
-    path = out / "checkpoint.pt"
-    if resume:
-        if not path.is_file():
-            raise ConfigError(f"nothing to resume: {path} does not exist (run without --resume to start)")
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise ConfigError(f"{path} is not a bionas search checkpoint")
-        return state
-    if path.exists() or (out / "genotype.json").exists():
-        raise ConfigError(f"{out} already holds a search; pass --resume to continue it or choose another --out")
-    return None
-
-
 def resumed_config(state: dict, overrides: dict | None = None) -> SearchConfig:
     """The config saved in a checkpoint; ``overrides`` may only repeat it (or change ``progress``/``out``)."""
     saved = apply_options(SearchConfig(), state["config"], "the checkpoint")
@@ -156,7 +141,7 @@ def run_search(config: SearchConfig, resume: bool = False, overrides: dict | Non
     """
     config.validate()
     out = Path(config.out)
-    state = _check_out(out, resume)
+    state = checkpoint_to_resume(out, resume, CHECKPOINT_FORMAT, "search", "genotype.json")
     if state is not None:
         config = dataclasses.replace(resumed_config(state, overrides), out=config.out, progress=config.progress)
     else:  # record the dataset "auto" stands for, so that config.yaml repeats this very run

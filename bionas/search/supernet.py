@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bionas.candidate import Candidate
+from bionas.engine import INITS, initialise_weights
 from bionas.errors import ConfigError
 from bionas.ops import FactorizedReduce, ReLUConvBN
 from bionas.ops.pooling import POOLING_OPS
@@ -36,7 +37,6 @@ from bionas.rules.partitioned import PartitionedFeedback
 from bionas.search.genotype import Genotype, derive_genotype, edge_index
 from bionas.search.space import SearchSpace, SupernetShape
 
-INITS = ("xavier", "torch")
 
 # a pair of (edges, candidates) mixing-weight tensors: one for normal cells, one for reductions
 MixingWeights = tuple[Tensor, Tensor]
@@ -257,7 +257,7 @@ class Supernet(nn.Module):
         # DARTS: logits drawn 1e-3 * N(0, 1), so the initial mixture is nearly uniform
         self.alpha_normal = nn.Parameter(1e-3 * torch.randn(E, K, generator=gen))
         self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(E, K, generator=gen))
-        self._initialise(init, gen)
+        initialise_weights(self, init, gen)
         if fuse:
             for cell in self.cells:
                 for edge in cell.edges:
@@ -285,17 +285,6 @@ class Supernet(nn.Module):
         normal, reduce = weights if weights is not None else self.mixing_weights()
         return derive_genotype(self.space, normal.detach().double().cpu().numpy(),
                                reduce.detach().double().cpu().numpy())
-
-    def _initialise(self, init: str, gen: torch.Generator) -> None:
-        with torch.no_grad():
-            for m in self.modules():
-                if isinstance(m, (nn.Conv2d, nn.Linear)):
-                    if init == "xavier":
-                        nn.init.xavier_uniform_(m.weight, generator=gen)
-                    else:
-                        nn.init.kaiming_uniform_(m.weight, a=5 ** 0.5, generator=gen)
-                    if m.bias is not None:
-                        m.bias.zero_()
 
     # --- forward --------------------------------------------------------------------------------
     def forward(self, x: Tensor, weights: MixingWeights | None = None) -> Tensor:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from bionas import configs
 from bionas.configs import options as options_lib
+from bionas.engine import INITS
 from bionas.errors import ConfigError
 
 SCHEDULES = ("cosine", "linear", "step", "exponential")
-INITS = ("xavier", "torch")
 AMP = ("auto", "bf16", "off")
 CELL_MODEL = "darts"  # the evaluation network of a genotype; anything else is a bionas.models.resnet name
 

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from bionas import rules
+from bionas.engine import initialise_weights
 from bionas.errors import ConfigError
 from bionas.models.darts_net import NetworkCIFAR, NetworkImageNet
 from bionas.models.genotypes import resolve_genotype, with_random_rules, with_rule
@@ -51,18 +52,8 @@ def training_genotype(config: TrainConfig) -> Genotype | None:
 
 
 def initialise(model: nn.Module, init: str, seed: int) -> None:
-    """Xavier-uniform (BioNAS section 3.4) or PyTorch's default weights for every convolution and
-    linear layer, from a generator seeded by ``seed`` (never the global RNG); biases zero."""
-    gen = torch.Generator().manual_seed(layer_seed(seed, 20_000))
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                if init == "xavier":
-                    nn.init.xavier_uniform_(m.weight, generator=gen)
-                else:
-                    nn.init.kaiming_uniform_(m.weight, a=5 ** 0.5, generator=gen)
-                if m.bias is not None:
-                    m.bias.zero_()
+    """Xavier-uniform (BioNAS section 3.4) or PyTorch's default weights, from ``seed``."""
+    initialise_weights(model, init, torch.Generator().manual_seed(layer_seed(seed, 20_000)))
 
 
 def build_network(config: TrainConfig, data: DataShape, genotype: Genotype | None) -> nn.Module:

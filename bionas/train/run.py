@@ -42,7 +42,7 @@ from bionas.data import (STREAMED_DATASETS, TRAIN_AUGMENTATION, BatchLoader, loa
                          resolve_dataset_name)
 from bionas.engine import TrainingDiverged
 from bionas.errors import ConfigError
-from bionas.io import atomic_open, save_csv, save_figure, save_json, save_torch
+from bionas.io import atomic_open, checkpoint_to_resume, save_csv, save_figure, save_json, save_torch
 from bionas.search.genotype import Genotype
 from bionas.search.run import resolve_device
 from bionas.train import distributed
@@ -233,21 +233,6 @@ class _Training:
         return loss_sum / n, correct / n
 
 
-def _check_out(out: Path, resume: bool) -> dict | None:
-    """The checkpoint to resume from, or ``None`` for a fresh run; refuse to overwrite a run."""
-    path = out / "checkpoint.pt"
-    if resume:
-        if not path.is_file():
-            raise ConfigError(f"nothing to resume: {path} does not exist (run without --resume to start)")
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise ConfigError(f"{path} is not a bionas train checkpoint")
-        return state
-    if path.exists() or (out / "results.json").exists():
-        raise ConfigError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
-    return None
-
-
 def resumed_config(state: dict, overrides: dict | None = None) -> TrainConfig:
     """The config saved in a checkpoint; ``overrides`` may only repeat it (or change ``out``,
     ``progress``, ``device``, ``workers``)."""
@@ -268,7 +253,7 @@ def run_train(config: TrainConfig, resume: bool = False, overrides: dict | None 
         config.validate()
     context = distributed.from_environment()
     out = Path(config.out)
-    state = _check_out(out, resume)
+    state = checkpoint_to_resume(out, resume, CHECKPOINT_FORMAT, "training run", "results.json")
     if state is not None:
         config = dataclasses.replace(resumed_config(state, overrides), out=config.out, progress=config.progress,
                                      device=config.device, workers=config.workers)
