@@ -12,12 +12,6 @@ import sys
 from bionas import __version__
 from bionas.errors import BionasError
 
-# Which issue brings each command still being built (printed instead of a traceback).
-PLANNED = {
-    "attack": "the robustness suite (issue #6)",
-}
-
-
 def _add_data_options(p: argparse.ArgumentParser, default_dataset: str = "auto") -> None:
     p.add_argument("--dataset", default=default_dataset,
                    help="cifar10, cifar100, digits, or auto (cifar10 when a data directory is known, "
@@ -110,15 +104,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(handler=_train)
 
-    p = sub.add_parser("attack", help="adversarial robustness suite (in progress)")
-    p.add_argument("--checkpoint", nargs="+", default=None)
-    p.add_argument("--suite", choices=["quick", "full"], default="quick")
-    p.add_argument("--attacks", nargs="+", default=None)
-    p.add_argument("--gradient", choices=["exact", "rule", "both"], default=None)
-    p.add_argument("--n", type=int, default=None, help="number of test images")
-    _add_data_options(p)
-    _add_run_options(p, "runs/attack")
-    p.set_defaults(handler=_planned)
+    p = sub.add_parser("attack", help="adversarial robustness of trained checkpoints (torchattacks)",
+                       description="Attack trained checkpoints with FGSM, PGD, TPGD, APGD, Square, one-pixel and "
+                                   "transfer attacks on their test split; white-box attacks through the exact "
+                                   "gradient and/or the models' own learning rules. Writes results.csv and table.md.")
+    p.add_argument("--checkpoint", nargs="+", default=None, metavar="CKPT",
+                   help="bionas train checkpoint files or run directories")
+    p.add_argument("--suite", default="quick", help="quick or full (bionas/configs/attack.yaml; default: quick)")
+    p.add_argument("--attacks", nargs="+", default=None, metavar="ATTACK",
+                   help="instead of the suite's: fgsm pgd tpgd apgd square onepixel transfer")
+    p.add_argument("--gradient", choices=["auto", "exact", "rule", "both"], default=None,
+                   help="white-box gradient: exact, the rules' own, or both (auto: both for non-bp models)")
+    p.add_argument("--source", default=None, metavar="CKPT", help="checkpoint the transfer attack crafts on")
+    p.add_argument("--n", type=int, default=None, help="seeded class-balanced subset of the test split (default: all)")
+    p.add_argument("--eps", type=float, default=None, help="L-inf budget on [0, 1] images (default: 8/255)")
+    p.add_argument("--alpha", type=float, default=None, help="step size (default: 2/255)")
+    p.add_argument("--data-dir", default=None, help="dataset directory (default: the checkpoint's, or $BIONAS_DATA)")
+    p.add_argument("--out", default=None, help="output directory (default: runs/attack)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the subset and of the attacks (default: 0)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per attack batch (default: 250)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, ... (default: auto)")
+    p.add_argument("--config", default=None, metavar="YAML", help="options from a YAML file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config field, e.g. --set square_queries=5000 --set apgd_eot_iter=10")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_attack)
 
     p = sub.add_parser("rules", help="list the registered learning rules")
     p.set_defaults(handler=_list_rules)
@@ -228,8 +238,21 @@ def _train(args) -> int:
     return 0
 
 
-def _planned(args) -> int:
-    raise BionasError(f"'bionas {args.command}' is not implemented yet: it arrives with {PLANNED[args.command]}")
+def _attack(args) -> int:
+    from bionas.attack import resolve_config, run_attack
+    from bionas.configs.options import parse_assignment
+
+    flags = {"checkpoints": args.checkpoint, "attacks": args.attacks, "gradient": args.gradient,
+             "source": args.source, "n": args.n, "eps": args.eps, "alpha": args.alpha, "data_dir": args.data_dir,
+             "out": args.out, "seed": args.seed, "batch_size": args.batch_size, "device": args.device}
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    overrides.update(parse_assignment(text) for text in args.set)
+    if args.no_progress:
+        overrides["progress"] = False
+    result = run_attack(resolve_config(args.suite, args.config, overrides))
+    print(open(result.out / "table.md").read().rstrip())
+    print(f"wrote {result.out}/: {', '.join(sorted(p.name for p in result.out.iterdir() if p.is_file()))}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

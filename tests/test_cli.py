@@ -36,7 +36,6 @@ def test_listings_name_every_registered_entry(capsys):
     (["train", "--model", "resnet20", "--genotype", "darts_v2"], "takes --rule only"),
     (["train", "--genotype", "darts_v2", "--rule", "hebbo"], "unknown learning rule 'hebbo'"),
     (["train", "--genotype", "no_such_cell"], "unknown genotype 'no_such_cell'"),
-    (["attack"], "not implemented yet"),
     (["quickstart", "--rules", "bp", "hebbo"], "unknown rule(s) hebbo"),
     (["quickstart", "--dataset", "cifar10", "--data-dir", "/no/such/dir"], "does not exist"),
     (["quickstart", "--dataset", "mnist"], "unknown dataset 'mnist'"),

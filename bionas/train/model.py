@@ -57,7 +57,16 @@ def initialise(model: nn.Module, init: str, seed: int) -> None:
 
 
 def build_network(config: TrainConfig, data: DataShape, genotype: Genotype | None) -> nn.Module:
-    """The model of ``config`` for ``data``, initialised; every layer's rule already in force."""
+    """The model of ``config`` for ``data``, initialised; every layer's rule already in force.
+
+    Every random number comes from generators seeded by ``config.seed``; torch's layer
+    constructors draw default weights from the global RNG, which is forked around them so that
+    building (or loading) a network never moves it."""
+    with torch.random.fork_rng(devices=[]):
+        return _build_network(config, data, genotype)
+
+
+def _build_network(config: TrainConfig, data: DataShape, genotype: Genotype | None) -> nn.Module:
     if config.model == CELL_MODEL:
         if genotype is None:
             raise ConfigError("the cell network needs a genotype")
