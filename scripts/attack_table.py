@@ -11,6 +11,7 @@ attacks run through the exact gradient and through the rules' own feedback.
 from __future__ import annotations
 
 import argparse
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,7 @@ def main() -> None:
     parser.add_argument("--suite", default="full")
     parser.add_argument("--out", default=str(REPO / "results" / "attack_table"))
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not all((TRAINED / m / "checkpoint.pt").is_file() for m in MODELS):
         subprocess.run([sys.executable, str(REPO / "scripts" / "train_table.py")], check=True)
     config = resolve_config(args.suite, None, {"checkpoints": [str(TRAINED / m) for m in MODELS], "n": args.n,

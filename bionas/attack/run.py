@@ -9,7 +9,8 @@ images -- and the run writes, atomically, to ``config.out``:
   images, seconds, and every attack parameter (as columns and as JSON);
 * ``table.md`` -- the paper's Table 4 layout (attacks as rows, models as columns; white-box
   cells read ``exact / rule`` when both gradients ran), followed by any gradient-masking warning;
-* ``config.yaml`` and ``run_info.json`` (versions, device, models, their rules, image count).
+* ``config.yaml`` and ``run_info.json`` (versions, device, models, their rules, image count);
+* while running, ``partial_results.csv`` with the models finished so far (removed at the end).
 
 Gradient modes: ``exact`` differentiates the true network (``bionas.rules.exact_gradients``),
 ``rule`` each layer's learning rule; ``auto`` runs both for models with a non-bp rule and
@@ -204,6 +205,8 @@ def run_attack(config: AttackConfig) -> AttackResult:
                 log.info("%s %s (%s gradient): robust accuracy %.3f (clean %.3f), %.1f s", target.name,
                          variant.label, gradient or "no", rows[-1]["robust_acc"], base["clean_acc"], seconds)
         bar.close()
+        # models finished so far, so that a long run killed part-way keeps what it measured
+        save_csv(pd.DataFrame(rows), out / "partial_results.csv")
 
     results = pd.DataFrame(rows)
     warnings = masking_warnings(results)
@@ -220,6 +223,7 @@ def run_attack(config: AttackConfig) -> AttackResult:
     save_csv(results, out / "results.csv")
     with atomic_open(out / "table.md") as fh:
         fh.write(markdown_table(results, warnings))
+    (out / "partial_results.csv").unlink(missing_ok=True)
     return AttackResult(results, warnings, out)
 
 
