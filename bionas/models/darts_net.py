@@ -115,6 +115,18 @@ class _EvalNetwork(nn.Module):
                 C_aux = C_prev
         return C_prev, C_aux
 
+    def _build_body(self, genotype: Genotype, num_classes: int, C: int, layers: int, C_stem: int,
+                    reduction_prev: bool, auxiliary: bool, aux_pool_stride: int, seed: int,
+                    rule_options: dict | None) -> None:
+        """Everything after the stem: cells (reductions at 1/3 and 2/3), auxiliary head, pooling,
+        classifier, drop-path generator."""
+        C_prev, C_aux = self._build_cells(genotype, C, layers, C_stem, reduction_prev, (layers // 3, 2 * layers // 3),
+                                          seed, rule_options)
+        self.auxiliary = AuxiliaryHead(C_aux, num_classes, pool_stride=aux_pool_stride) if auxiliary else None
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, num_classes)
+        self._init_generator(seed)
+
     def _init_generator(self, seed: int) -> None:
         self.drop_prob = 0.0  # set by the trainer, typically ramped linearly over the epochs
         self.shard = (0, 1)  # (rank, world) under data-parallel training; see drop_path
@@ -160,12 +172,7 @@ class NetworkCIFAR(_EvalNetwork):
         super().__init__()
         C_stem = stem_multiplier * C
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C_stem, 3, padding=1, bias=False), nn.BatchNorm2d(C_stem))
-        C_prev, C_aux = self._build_cells(genotype, C, layers, C_stem, False, (layers // 3, 2 * layers // 3), seed,
-                                          rule_options)
-        self.auxiliary = AuxiliaryHead(C_aux, num_classes, pool_stride=3) if auxiliary else None
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(C_prev, num_classes)
-        self._init_generator(seed)
+        self._build_body(genotype, num_classes, C, layers, C_stem, False, auxiliary, 3, seed, rule_options)
 
     def forward_with_aux(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         s = self.stem(x)  # (B, 3C, H, W)
@@ -185,12 +192,7 @@ class NetworkImageNet(_EvalNetwork):
             nn.ReLU(inplace=True), nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C))
         self.stem1 = nn.Sequential(
             nn.ReLU(inplace=True), nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C))
-        C_prev, C_aux = self._build_cells(genotype, C, layers, C, True, (layers // 3, 2 * layers // 3), seed,
-                                          rule_options)
-        self.auxiliary = AuxiliaryHead(C_aux, num_classes, pool_stride=2) if auxiliary else None
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(C_prev, num_classes)
-        self._init_generator(seed)
+        self._build_body(genotype, num_classes, C, layers, C, True, auxiliary, 2, seed, rule_options)
 
     def forward_with_aux(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         s0 = self.stem0(x)  # (B, C, H/4, W/4)

@@ -75,15 +75,6 @@ def all_reduce_sum(values: list[float], device: torch.device, context: Context) 
     return t.tolist()
 
 
-def broadcast_object(obj, context: Context):
-    """Rank 0's ``obj`` on every rank."""
-    if not context.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 class _AllReduceSum(torch.autograd.Function):
     """Sum over the ranks; the backward sums the ranks' gradients the same way."""
 
@@ -166,4 +157,4 @@ def check_batch(global_batch: int, context: Context) -> None:
 
 
 __all__ = ["Context", "from_environment", "setup", "teardown", "all_reduce_sum", "convert_batchnorm",
-           "GlobalBatchNorm2d", "check_batch", "wrap", "broadcast_object"]
+           "GlobalBatchNorm2d", "check_batch", "wrap"]
