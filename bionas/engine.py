@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bionas import rules
 from bionas.errors import BionasError
 
 
@@ -46,9 +47,11 @@ def check_finite(loss: torch.Tensor, step: int, what: str = "training",
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                step: int, grad_clip: float | None = None) -> tuple[float, float]:
-    """One SGD step on a batch; returns (loss, accuracy)."""
+    """One SGD step on a batch; returns (loss, accuracy). Local rules (hebbian, pc) update
+    their weights during this step's forward, and only here."""
     model.train()
-    logits = model(x)  # (B, classes)
+    with rules.local_updates(model):
+        logits = model(x)  # (B, classes)
     loss = F.cross_entropy(logits, y)
     value = check_finite(loss, step)
     optimizer.zero_grad(set_to_none=True)

@@ -98,3 +98,66 @@ def test_two_process_torchrun_matches_one_process_on_the_same_global_batch(cifar
     draws = [k for k in one["model"] if k.endswith("_extra_state") and "draws" in str(one["model"][k])]
     assert draws and all(str(one["model"][k]) == str(two["model"][k]) for k in draws)
     assert one["history"][-1]["test_acc"] == pytest.approx(two["history"][-1]["test_acc"])
+
+
+def _local_net() -> nn.Module:
+    from bionas import rules
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)).double()
+    net[0] = rules.convert(net[0], "hebbian", seed=1, update="bcm", competition="hard_wta", activation="cosine", lr=0.1)
+    net[2] = rules.convert(net[2], "pc", seed=2, adaptive=True, normalise=True, lr=0.1)
+    return net
+
+
+def _local_step(net: nn.Module, ddp: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
+    import torch.nn.functional as F
+
+    from bionas import rules
+
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    for _ in range(2):
+        with rules.local_updates(net):
+            loss = F.cross_entropy(ddp(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return {k: v.clone() for k, v in net.state_dict().items()}
+
+
+def _local_worker(rank: int, port: int, x: torch.Tensor, y: torch.Tensor, result: str) -> None:
+    import torch.distributed as dist
+
+    from bionas.train.distributed import wrap
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    net = _local_net()
+    state = _local_step(net, wrap(net, torch.device("cpu"), sync_buffers=False), x[rank::2], y[rank::2])
+    torch.save(state, f"{result}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_local_rules_under_ddp_apply_the_one_process_update_on_every_rank(cifar10_root, tmp_path):
+    """Hebbian (BCM, hard WTA) and pc layers sum their statistics over the ranks: two processes
+    on half batches end with the weights, theta and G of one process on the whole batch; DDP
+    ignores the local weights (it would otherwise wait for their gradients) and still averages
+    the classifier's gradient."""
+    from bionas.data import BatchLoader, load_dataset
+
+    data = load_dataset("cifar10", cifar10_root, "train", per_class=1, seed=0)
+    x, y = next(iter(BatchLoader(data, 10, shuffle=False)))
+    x = x[:8, :, :12, :12].double()
+    y = y[:8]
+    net = _local_net()
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    ref = _local_step(net, net, x, y)
+    result = tmp_path / "state"
+    mp.start_processes(_local_worker, args=(free_port(), x, y, str(result)), nprocs=2, start_method="spawn")
+    for rank in range(2):
+        got = torch.load(f"{result}.{rank}")
+        for k in ref:
+            assert torch.allclose(got[k], ref[k], rtol=1e-9, atol=1e-12), (rank, k)
+    for k in ("0.weight", "0.rule.theta", "2.weight", "2.rule.G", "5.weight"):
+        assert not torch.equal(ref[k], start[k]), k

@@ -1,4 +1,5 @@
-"""Every (op, rule) pair builds, keeps shapes, stays finite and gives every parameter a gradient."""
+"""Every (op, rule) pair builds, keeps shapes, stays finite and gives every parameter a gradient
+(or, for a local rule's layers, a local update and no gradient)."""
 import pytest
 import torch
 
@@ -17,12 +18,21 @@ def test_every_op_rule_pair(op, rule, stride):
     C = 8
     m = Candidate(op, rule).build(C, stride, seed=0)
     m.train()
+    local = rules.RULES.get(rule).kind == "local"
+    local_weights = {f"{n}.weight" for n, layer in rules.rule_layers(m)} if local else set()
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
     x = torch.randn(3, C, 9, 9, requires_grad=True)  # odd size: the reduction must cope
-    y = m(x)
+    with rules.local_updates(m, local):
+        y = m(x)
     assert y.shape == (3, C, 5, 5) if stride == 2 else y.shape == x.shape
     assert torch.isfinite(y).all()
     (y * torch.randn_like(y)).sum().backward()
+    assert op == "none" or x.grad.abs().sum() > 0  # the error reaches the input (W^T for local rules)
     for name, p in m.named_parameters():
+        if name in local_weights:
+            assert p.grad is None and torch.isfinite(p).all(), name
+            assert not torch.equal(p.detach(), before[name]), f"{name} had no local update"
+            continue
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
         assert p.grad.abs().sum() > 0, f"{name} got a zero gradient"
     # every convolution learns by the requested rule; ops without weights have none

@@ -9,7 +9,7 @@ Rules live one per file and register themselves in :data:`RULES`; importing this
 imports them in a fixed order. Adding a rule is one file plus one line below.
 """
 from bionas.rules.registry import RULES  # noqa: I001  (registry first: rule files use it)
-from bionas.rules import bp, fa, usf, brsf, frsf  # noqa: F401  (registration)
+from bionas.rules import bp, fa, usf, brsf, frsf, hebbian, pc  # noqa: F401  (registration)
 from bionas.rules.base import FeedbackRule, LearningRule, LocalRule, layer_seed, xavier_std
 from bionas.rules.convert import (
     alignment_angles,

@@ -13,6 +13,8 @@ operation (convolution or matrix product); the rule is a child module that owns 
   :meth:`LocalRule.update`, called from the forward pass while local updates are switched on
   (:func:`bionas.rules.local_updates`). The error passed on to the layer's input goes through
   ``W^T`` (so earlier layers still learn) unless the rule cuts it (``detach_input_error``).
+  Hebbian rules keep the plain layer's output; predictive coding refines it by inference
+  iterations, so it also defines :meth:`LearningRule.exact_forward`.
 
 Every rule is built per layer as ``Rule(weight, generator, **options)``: ``weight`` gives the
 shape, device and dtype of any tensor the rule needs, ``generator`` is a ``torch.Generator``
@@ -71,8 +73,9 @@ def xavier_like(weight: Tensor, generator: torch.Generator) -> Tensor:
 class LearningRule(nn.Module):
     """Base of all rules. Subclasses set ``name`` (the registry key) and ``kind``.
 
-    ``forward(layer, x)`` must return exactly what the layer's plain forward returns; a rule
-    changes only what flows backwards (or what happens to the weights on the side).
+    ``forward(layer, x)`` returns what :meth:`exact_forward` returns (by default the layer's
+    plain forward); a rule changes only what flows backwards (or what happens to the weights on
+    the side).
     """
 
     name: ClassVar[str] = ""
@@ -80,12 +83,20 @@ class LearningRule(nn.Module):
     # torch layer types this rule can learn; a search space may pair the rule only with ops
     # whose weighted layers are all of these types
     layer_types: ClassVar[tuple[type[nn.Module], ...]] = (nn.Conv2d, nn.Linear)
+    # False for rules whose layer computes something else than the plain layer (pc refines it)
+    preserves_forward: ClassVar[bool] = True
 
     def __init__(self, weight: Tensor, generator: torch.Generator):
         super().__init__()
 
     def forward(self, layer: "RuleLayer", x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def exact_forward(self, layer: "RuleLayer", x: Tensor) -> Tensor:
+        """The layer's function with every tensor in the autograd graph (no feedback, no update):
+        what runs under :func:`bionas.rules.exact_gradients`. The plain layer, unless the rule's
+        computation differs from it (predictive coding refines its output)."""
+        return layer.plain_forward(x)
 
 
 class FeedbackRule(LearningRule):
@@ -132,7 +143,8 @@ class LocalRule(LearningRule):
     def forward(self, layer: "RuleLayer", x: Tensor) -> Tensor:
         # The loss sees the weights as constants; the input error still flows through W^T
         # unless the rule cuts it.
-        y = layer.plain_forward(x.detach() if self.detach_input_error else x, detached=True)
+        y = layer.plain_forward(x.detach() if self.detach_input_error else x, detached=True,
+                                snapshot=layer.local_updates)
         if layer.local_updates:
             with torch.no_grad():
                 self.update(layer, x.detach(), y.detach())

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 from contextlib import contextmanager
 from typing import Iterator
@@ -21,6 +22,8 @@ from bionas.errors import ConfigError
 from bionas.rules.base import FeedbackRule, LearningRule, layer_seed, make_generator
 from bionas.rules.layers import RuleConv2d, RuleLayer, RuleLinear
 from bionas.rules.registry import RULES
+
+log = logging.getLogger(__name__)
 
 _RULE_LAYER_FOR = {nn.Conv2d: RuleConv2d, nn.Linear: RuleLinear}
 
@@ -71,15 +74,24 @@ def convert(module: nn.Module, rule: str, seed: int | None = None, **options) ->
 
     Returns:
         ``module`` with its layers replaced; a new rule-aware layer if ``module`` itself was a
-        ``Conv2d``/``Linear``. Forward outputs are exactly those of the original.
+        ``Conv2d``/``Linear``. Forward outputs are exactly those of the original, unless the
+        rule's ``preserves_forward`` is false (``pc`` refines its layers' outputs). Layers of a
+        type the rule cannot learn (``Linear`` for the convolution-only local rules) keep their
+        current rule (plain layers: backprop); the count is logged.
     """
-    RULES.get(rule)  # fail on an unknown name even when there is nothing to convert
+    cls = RULES.get(rule)  # fail on an unknown name even when there is nothing to convert
     if seed is None:
         seed = int(torch.randint(0, 2**62, ()))
     if _convertible(module):
         return _convert_layer(module, rule, seed, 0, options)
     targets = [(name, m) for name, m in module.named_modules() if _convertible(m)]
+    kept = [name for name, m in targets if not isinstance(m, cls.layer_types)]
+    if kept:
+        log.info("rule %s learns %s layers only; %d other layer(s) keep their rule: %s", rule,
+                 "/".join(t.__name__ for t in cls.layer_types), len(kept), ", ".join(kept))
     for index, (name, layer) in enumerate(targets):
+        if name in kept:  # the index still counts it, so seeds do not depend on the rule
+            continue
         parent_name, _, child = name.rpartition(".")
         parent = module.get_submodule(parent_name)
         setattr(parent, child, _convert_layer(layer, rule, seed, index, options))

@@ -98,20 +98,26 @@ class RuleLayer:
 
     def forward(self, x: Tensor) -> Tensor:
         if self.exact_gradients:
-            return self.plain_forward(x)
+            return self.rule.exact_forward(self, x)
         return self.rule(self, x)
 
-    def plain_forward(self, x: Tensor, detached: bool = False) -> Tensor:  # pragma: no cover
+    def plain_forward(self, x: Tensor, detached: bool = False, snapshot: bool = False) -> Tensor:  # pragma: no cover
+        """The layer's ordinary forward. ``detached``: the weights as constants (a local rule's
+        view); ``snapshot``: constants copied, so that an in-place local update after this call
+        cannot invalidate the input gradient's saved weights."""
         raise NotImplementedError
 
     def feedback_forward(self, x: Tensor, feedback: Tensor) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
 
-def _params(module: nn.Module, detached: bool) -> tuple[Tensor, Tensor | None]:
+def _params(module: nn.Module, detached: bool, snapshot: bool) -> tuple[Tensor, Tensor | None]:
     if not detached:
         return module.weight, module.bias
-    return module.weight.detach(), None if module.bias is None else module.bias.detach()
+    weight, bias = module.weight.detach(), None if module.bias is None else module.bias.detach()
+    if snapshot:  # the backward needs the weights of this forward, and a local rule is about to change them
+        weight, bias = weight.clone(), None if bias is None else bias.clone()
+    return weight, bias
 
 
 class RuleLinear(RuleLayer, nn.Linear):
@@ -122,8 +128,8 @@ class RuleLinear(RuleLayer, nn.Linear):
         layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
         return layer._adopt(linear, rule)
 
-    def plain_forward(self, x: Tensor, detached: bool = False) -> Tensor:
-        weight, bias = _params(self, detached)
+    def plain_forward(self, x: Tensor, detached: bool = False, snapshot: bool = False) -> Tensor:
+        weight, bias = _params(self, detached, snapshot)
         return F.linear(x, weight, bias)
 
     def feedback_forward(self, x: Tensor, feedback: Tensor) -> Tensor:
@@ -142,8 +148,8 @@ class RuleConv2d(RuleLayer, nn.Conv2d):
         )
         return layer._adopt(conv, rule)
 
-    def plain_forward(self, x: Tensor, detached: bool = False) -> Tensor:
-        weight, bias = _params(self, detached)
+    def plain_forward(self, x: Tensor, detached: bool = False, snapshot: bool = False) -> Tensor:
+        weight, bias = _params(self, detached, snapshot)
         return self._conv_forward(x, weight, bias)
 
     def feedback_forward(self, x: Tensor, feedback: Tensor) -> Tensor:

@@ -138,9 +138,19 @@ def convert_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
 
 def wrap(model: nn.Module, device: torch.device, sync_buffers: bool) -> nn.Module:
     """``DistributedDataParallel(model)``; ``sync_buffers=False`` skips broadcasting the buffers
-    from rank 0 before each forward (needless when every rank computes the same ones)."""
+    from rank 0 before each forward (needless when every rank computes the same ones).
+
+    The parameters of layers with a local rule (hebbian, pc) never get a loss gradient; DDP is
+    told to ignore them (it would wait for their gradients forever), and the rules keep them in
+    step themselves by summing their statistics over the ranks."""
     import inspect
 
+    from bionas import rules
+
+    local = [f"{name}.{p}" if name else p for name, layer in rules.rule_layers(model)
+             if layer.rule.kind == "local" for p, _ in layer.named_parameters(recurse=False)]
+    if local:
+        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, local)
     ddp = nn.parallel.DistributedDataParallel
     kwargs = {"device_ids": [device.index] if device.type == "cuda" else None}
     if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters:

@@ -108,6 +108,8 @@ class _Training:
             # batch statistics), so broadcasting them from rank 0 each step would only cost time
             model = distributed.wrap(model, self.device, sync_buffers=not config.sync_batchnorm)
         self.model = model
+        # local rules (hebbian, pc) update only inside weight-training steps, never in evaluation
+        self.has_local_rules = any(layer.rule.kind == "local" for _, layer in rules.rule_layers(self.net))
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=config.lr, momentum=config.momentum,
                                          nesterov=config.nesterov, weight_decay=config.weight_decay)
         use_bf16 = config.amp == "bf16" or (config.amp == "auto" and self.device.type == "cuda")
@@ -196,7 +198,7 @@ class _Training:
             if i == self.steps_per_epoch:
                 break
             step = self.epoch * self.steps_per_epoch + i
-            with self.autocast():
+            with self.autocast(), rules.local_updates(self.net, self.has_local_rules):
                 logits, aux = self.model(x)  # (B, classes), (B, classes) or None
             loss = self.loss(logits.float(), aux.float() if aux is not None else None, y)
             self.optimizer.zero_grad(set_to_none=True)
