@@ -80,7 +80,7 @@ def surround_loops(a, K):
 
 def reference_hebbian(layer, x, W, theta, update, competition="none", activation="linear", surround=None,
                       temperature=1.0, theta_decay=0.5, lr=0.01, normalise_update=True, weight_norm="unit",
-                      dale=False):
+                      dale=False, adaptive_lr=False):
     """The Hebbian step written out per (sample, position, channel); returns (W_new, theta_new)."""
     P, (H, Wd) = unfold(layer, x)  # (N, L, D)
     Wf = W.flatten(1)  # (C, D)
@@ -113,6 +113,8 @@ def reference_hebbian(layer, x, W, theta, update, competition="none", activation
         theta = (1 - theta_decay) * theta + theta_decay * (y ** 2).mean((0, 1))
         dW = torch.einsum("nlc,nld->cd", y * (y - theta), P)
     dW = dW / dW.abs().max() if normalise_update else dW / (N * L)
+    if adaptive_lr:  # SoftHebb: each filter's rate sqrt(| ||W_c|| - 1 |)
+        dW = dW * torch.tensor([abs(float(Wf[c].norm()) - 1) ** 0.5 for c in range(C)], dtype=dW.dtype)[:, None]
     Wn = Wf + lr * dW
     if weight_norm == "unit":
         Wn = Wn / Wn.norm(dim=1, keepdim=True)
@@ -131,6 +133,7 @@ CASES = [
          surround_size=3, dale=True),
     dict(update="softhebb", competition="soft_wta", temperature=0.5, weight_norm="none"),
     dict(update="softhebb", competition="soft_wta", surround=True, normalise_update=False, lr=0.1),
+    dict(update="softhebb", competition="soft_wta", temperature=2.0, adaptive_lr=True, weight_norm="none"),
 ]
 
 

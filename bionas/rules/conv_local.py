@@ -50,10 +50,15 @@ def correlate(layer: nn.Conv2d, x: Tensor, post: Tensor) -> Tensor:
 
 
 def patch_norms(layer: nn.Conv2d, x: Tensor, eps: float = 1e-12) -> Tensor:
-    """(N, C_out, H', W'): L2 norm of the input patch behind each output unit."""
+    """(N, C_out, H', W'): L2 norm of the input patch behind each output unit.
+
+    Output channels of one group see the same patch, so one channel per group is computed and
+    repeated (a full ``C_out``-channel convolution would cost as much as the layer itself)."""
     stride, padding, dilation, groups = conv_geometry(layer)
-    ones = torch.ones_like(layer.weight)
-    return F.conv2d(x * x, ones, None, stride, padding, dilation, groups).clamp_min(eps).sqrt()
+    C_out, C_in_group, kh, kw = layer.weight.shape
+    ones = torch.ones(groups, C_in_group, kh, kw, dtype=x.dtype, device=x.device)
+    sq = F.conv2d(x * x, ones, None, stride, padding, dilation, groups)  # (N, groups, H', W')
+    return sq.clamp_min(eps).sqrt().repeat_interleave(C_out // groups, dim=1)
 
 
 def reconstruct(layer: nn.Conv2d, weight: Tensor, post: Tensor, input_shape: torch.Size) -> Tensor:

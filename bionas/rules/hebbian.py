@@ -30,7 +30,8 @@ over batch and positions:
      ``dW_c = sum y_c x_c - (sum y_c u_c) W_c``.
 5. ``normalise_update``: ``dW <- dW / max |dW|`` (the paper's "normalised" update,
    reconstructed); off, ``dW`` is divided by the number of (sample, position) pairs instead (a
-   mean). Then ``W <- W + lr dW``. Under ``torchrun`` the sums (and BCM's ``mean y^2``) run over
+   mean). Then ``W <- W + lr dW``; with ``adaptive_lr`` (SoftHebb's norm-driven rate, Journe et
+   al. 2023) filter ``c`` steps by ``lr sqrt(| ||W_c|| - 1 |)``, fast while far from unit norm. Under ``torchrun`` the sums (and BCM's ``mean y^2``) run over
    the global batch, so every process applies the same update.
 6. ``weight_norm``: ``unit`` rescales every output filter to L2 norm 1 after the step; ``dale``
    keeps weights non-negative (``W <- |W|``, Dale's principle, paper section 3.9).
@@ -42,8 +43,8 @@ flows through ``W^T`` unless ``detach_input_error`` cuts it. Updates happen only
 
 Args: update (``outer``), competition (``none``), lr (0.01), temperature (1.0, soft WTA),
 activation (``linear``), surround (False), sigma_e (1.2), sigma_i (1.4), surround_size (5),
-theta_decay (0.5), theta_init (1.0), normalise_update (True), weight_norm (``unit``), dale
-(False), detach_input_error (False).
+theta_decay (0.5), theta_init (1.0), normalise_update (True), adaptive_lr (False), weight_norm
+(``unit``), dale (False), detach_input_error (False).
 """
 from __future__ import annotations
 
@@ -87,8 +88,8 @@ class HebbianRule(LocalRule):
                  competition: str = "none", lr: float = 0.01, temperature: float = 1.0,
                  activation: str = "linear", surround: bool = False, sigma_e: float = 1.2,
                  sigma_i: float = 1.4, surround_size: int = 5, theta_decay: float = 0.5,
-                 theta_init: float = 1.0, normalise_update: bool = True, weight_norm: str = "unit",
-                 dale: bool = False, detach_input_error: bool = False):
+                 theta_init: float = 1.0, normalise_update: bool = True, adaptive_lr: bool = False,
+                 weight_norm: str = "unit", dale: bool = False, detach_input_error: bool = False):
         super().__init__(weight, generator, detach_input_error=detach_input_error)
         if weight.dim() != 4:
             raise ConfigError("the hebbian rule learns convolutions only (Conv2d weights are 4-d)")
@@ -100,7 +101,7 @@ class HebbianRule(LocalRule):
             raise ConfigError(f"hebbian needs lr > 0, temperature > 0 and 0 < theta_decay <= 1; got lr={lr}, "
                               f"temperature={temperature}, theta_decay={theta_decay}")
         self.lr, self.temperature, self.theta_decay = float(lr), float(temperature), float(theta_decay)
-        self.normalise_update, self.dale = bool(normalise_update), bool(dale)
+        self.normalise_update, self.adaptive_lr, self.dale = bool(normalise_update), bool(adaptive_lr), bool(dale)
         self.surround = bool(surround) and weight.shape[-2:] != (1, 1)
         kernel = dog_kernel(surround_size, sigma_e, sigma_i) if surround else torch.ones(1, 1, dtype=torch.float64)
         self.register_buffer("surround_kernel", kernel.to(weight.dtype).to(weight.device))
@@ -158,6 +159,9 @@ class HebbianRule(LocalRule):
             dW = dW / dW.abs().amax().clamp_min(_EPS)
         else:
             dW = dW / count
+        if self.adaptive_lr:
+            radius = W.flatten(1).norm(dim=1)  # (C_out,)
+            dW = dW * (radius - 1).abs().sqrt()[:, None, None, None]
         W.add_(dW, alpha=self.lr)
         if self.weight_norm == "unit":
             W.div_(W.flatten(1).norm(dim=1).clamp_min(_EPS)[:, None, None, None])
