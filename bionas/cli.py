@@ -130,6 +130,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(handler=_attack)
 
+    p = sub.add_parser("hebbian", help="a Hebbian CNN trained without labels, read out by a linear classifier",
+                       description="The 3-layer SoftHebb-style network of the Hebbian-CNN paper: one epoch of "
+                                   "local Hebbian learning (no labels), then a linear classifier on the frozen "
+                                   "features; or the same network by backprop. Setups: bionas/configs/hebbian.yaml.")
+    p.add_argument("--setup", default="hard_wta_bcm_surround",
+                   help="softhebb, hard_wta_instar, hard_wta_bcm, hard_wta_bcm_surround, backprop or random_features "
+                        "(default: hard_wta_bcm_surround)")
+    _add_data_options(p, default_dataset="cifar10")
+    p.add_argument("--per-class", type=int, default=None, help="training images per class (default: all)")
+    p.add_argument("--test-per-class", type=int, default=None, help="test images per class (default: all)")
+    p.add_argument("--epochs", type=int, default=None, help="classifier (or backprop) epochs (default: 20)")
+    _add_run_options(p, out="runs/hebbian")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, ... (default: auto)")
+    p.add_argument("--config", default=None, metavar="YAML", help="options from a YAML file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config field, e.g. --set hebbian_epochs=2 --set whiten=false (repeatable)")
+    p.add_argument("--resume", action="store_true", help="reuse the hebbian layers saved in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_hebbian)
+
     p = sub.add_parser("rules", help="list the registered learning rules")
     p.set_defaults(handler=_list_rules)
     p = sub.add_parser("ops", help="list the registered operations")
@@ -251,6 +271,26 @@ def _attack(args) -> int:
         overrides["progress"] = False
     result = run_attack(resolve_config(args.suite, args.config, overrides))
     print(open(result.out / "table.md").read().rstrip())
+    print(f"wrote {result.out}/: {', '.join(sorted(p.name for p in result.out.iterdir() if p.is_file()))}")
+    return 0
+
+
+def _hebbian(args) -> int:
+    from bionas.configs.options import parse_assignment
+    from bionas.hebbian import resolve_config, run_hebbian
+
+    flags = {"dataset": args.dataset, "data_dir": args.data_dir, "per_class": args.per_class,
+             "test_per_class": args.test_per_class, "out": args.out, "seed": args.seed, "device": args.device}
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    if args.epochs is not None:
+        overrides["classifier_epochs" if args.setup != "backprop" else "backprop_epochs"] = args.epochs
+    overrides.update(parse_assignment(text) for text in args.set)
+    if args.no_progress:
+        overrides["progress"] = False
+    result = run_hebbian(resolve_config(args.setup, args.config, overrides), resume=args.resume)
+    r = result.results
+    print(f"{r['setup']}: test acc {r['test_acc']:.4f} (best epoch {r['best_epoch']}: {r['best_test_acc']:.4f}) "
+          f"on {r['test_images']} test images, {r['wall_seconds']:.0f} s")
     print(f"wrote {result.out}/: {', '.join(sorted(p.name for p in result.out.iterdir() if p.is_file()))}")
     return 0
 

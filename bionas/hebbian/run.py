@@ -1,0 +1,282 @@
+"""``bionas hebbian``: a Hebbian CNN trained without labels, then read out by a linear classifier.
+
+Protocol (Hebbian-CNN paper, section 4.2):
+
+1. *Hebbian phase* -- ``hebbian_epochs`` (1) passes over the training images (batch 64, random
+   horizontal flips), all three convolutions learning at once by their local rule inside
+   :func:`bionas.rules.local_updates`; no labels, no loss. Then the convolutions are frozen.
+2. *Read-out* -- features of every training and test image (eval mode, cached in
+   ``feature_dtype``) feed a dropout + linear classifier trained by Adam for
+   ``classifier_epochs`` (lr halved every ``lr_halve_every`` epochs from ``lr_halve_from``).
+   Cached features mean no flips in this phase (a documented simplification).
+
+``learning: backprop`` trains the same network end to end instead (Adam, flips); ``learning:
+none`` reads out the untrained random convolutions, the control that shows what the Hebbian
+phase adds (random convolutional features are far from useless). The test split is
+evaluated after every classifier epoch, as the paper does; ``results.json`` reports the last
+epoch's accuracy and, separately, the best epoch's (the paper's "optimal test performance within
+20 epochs", which selects on test data and so flatters every setup alike).
+
+Outputs in ``out``: ``config.yaml``, ``run_info.json``, ``hebbian_layers.pt`` (the frozen
+convolutions and BN statistics after phase 1, written atomically; ``--resume`` reuses it),
+``train_log.csv`` (per epoch), ``curves.png``, ``results.json``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import Tensor, nn
+
+import bionas
+from bionas import rules
+from bionas.data import load_dataset
+from bionas.engine import TrainingDiverged
+from bionas.errors import ConfigError
+from bionas.hebbian.config import HebbianConfig
+from bionas.hebbian.network import HebbianCNN
+from bionas.hebbian.whitening import ZCA
+from bionas.io import atomic_open, save_csv, save_figure, save_json, save_torch
+from bionas.search.run import resolve_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class HebbianResult:
+    results: dict
+    history: pd.DataFrame
+    out: Path
+
+
+def preprocess(train: Tensor, test: Tensor, config: HebbianConfig, mean, std) -> tuple[Tensor, Tensor]:
+    """uint8 images -> float inputs: ZCA-whitened (fitted on ``train``) or mean/std normalised."""
+    train, test = train.float() / 255, test.float() / 255
+    if config.whiten:
+        zca = ZCA.fit(train, config.zca_eps)
+        return zca(train), zca(test)
+    m = torch.tensor(mean)[None, :, None, None]
+    s = torch.tensor(std)[None, :, None, None]
+    return (train - m) / s, (test - m) / s
+
+
+def _flip(x: Tensor, gen: torch.Generator) -> Tensor:
+    flip = torch.rand(len(x), generator=gen) < 0.5
+    return torch.where(flip[:, None, None, None].to(x.device), x.flip(3), x)
+
+
+def _batches(n: int, batch_size: int, gen: torch.Generator, shuffle: bool = True):
+    order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
+    for start in range(0, n, batch_size):
+        yield order[start:start + batch_size]
+
+
+def _bar(total: int, desc: str, config: HebbianConfig):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, disable=None if config.progress else True)
+
+
+def hebbian_phase(net: HebbianCNN, x: Tensor, config: HebbianConfig, device: torch.device) -> None:
+    """Phase 1: every convolution learns by its local rule over ``hebbian_epochs`` passes."""
+    gen = torch.Generator().manual_seed(config.seed)
+    net.train()
+    for epoch in range(config.hebbian_epochs):
+        bar = _bar(-(-len(x) // config.hebbian_batch_size), f"hebbian epoch {epoch + 1}/{config.hebbian_epochs}",
+                   config)
+        with torch.no_grad(), rules.local_updates(net):
+            for idx in _batches(len(x), config.hebbian_batch_size, gen):
+                batch = x[idx].to(device)
+                net.features(_flip(batch, gen) if config.flip else batch)
+                bar.update(1)
+        bar.close()
+        for name, layer in rules.rule_layers(net):
+            if not torch.isfinite(layer.weight).all():
+                raise TrainingDiverged(f"the hebbian weights of {name} became non-finite in epoch {epoch + 1}; "
+                                       f"lower the layer's lr in the setup (--set layers=...) and rerun")
+
+
+@torch.no_grad()
+def extract_features(net: HebbianCNN, x: Tensor, config: HebbianConfig, device: torch.device) -> Tensor:
+    """(N, feature_dim) frozen features in ``feature_dtype``, on ``device``."""
+    net.eval()
+    dtype = getattr(torch, config.feature_dtype)
+    out = torch.empty(len(x), net.feature_dim, dtype=dtype, device=device)
+    bar = _bar(-(-len(x) // config.eval_batch_size), "features", config)
+    for start in range(0, len(x), config.eval_batch_size):
+        out[start:start + config.eval_batch_size] = net.features(x[start:start + config.eval_batch_size].to(device)).to(dtype)
+        bar.update(1)
+    bar.close()
+    return out
+
+
+def classifier_lr(config: HebbianConfig, epoch: int) -> float:
+    """Epoch ``epoch`` (0-based): lr halved every ``lr_halve_every`` epochs from ``lr_halve_from``."""
+    if epoch < config.lr_halve_from:
+        return config.classifier_lr
+    return config.classifier_lr * 0.5 ** ((epoch - config.lr_halve_from) // config.lr_halve_every + 1)
+
+
+@torch.no_grad()
+def _accuracy(predict, x: Tensor, y: Tensor, batch_size: int) -> float:
+    correct = 0
+    for start in range(0, len(x), batch_size):
+        logits = predict(x[start:start + batch_size])
+        correct += int((logits.argmax(1).cpu() == y[start:start + batch_size]).sum())
+    return correct / len(x)
+
+
+def train_readout(net: HebbianCNN, features: tuple[Tensor, Tensor], labels: tuple[Tensor, Tensor],
+                  config: HebbianConfig, device: torch.device) -> list[dict]:
+    """Phase 2: dropout + linear classifier on cached features; one history row per epoch."""
+    (f_train, f_test), (y_train, y_test) = features, labels
+    head = nn.Sequential(net.dropout, net.classifier).to(device)
+    optimizer = torch.optim.Adam(head.parameters(), lr=config.classifier_lr)
+    gen = torch.Generator().manual_seed(config.seed + 1)
+    history = []
+    for epoch in range(config.classifier_epochs):
+        lr = classifier_lr(config, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        head.train()
+        loss_sum, correct = 0.0, 0
+        for idx in _batches(len(f_train), config.classifier_batch_size, gen):
+            logits = head(f_train[idx.to(device)].float())
+            loss = F.cross_entropy(logits, y_train[idx].to(device))
+            if not math.isfinite(float(loss)):
+                raise TrainingDiverged(f"classifier loss became {float(loss)} in epoch {epoch + 1}; lower "
+                                       f"--set classifier_lr=... and rerun")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += float(loss) * len(idx)
+            correct += int((logits.argmax(1).cpu() == y_train[idx]).sum())
+        head.eval()
+        test_acc = _accuracy(lambda f: head(f.float()), f_test, y_test, config.eval_batch_size)
+        history.append({"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / len(f_train),
+                        "train_acc": correct / len(f_train), "test_acc": test_acc})
+        log.info("classifier epoch %d/%d: train acc %.4f, test acc %.4f", epoch + 1, config.classifier_epochs,
+                 history[-1]["train_acc"], test_acc)
+    return history
+
+
+def train_backprop(net: HebbianCNN, x: tuple[Tensor, Tensor], y: tuple[Tensor, Tensor], config: HebbianConfig,
+                   device: torch.device) -> list[dict]:
+    """The same network end to end by Adam (the paper's backprop comparison)."""
+    (x_train, x_test), (y_train, y_test) = x, y
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.backprop_lr)
+    gen = torch.Generator().manual_seed(config.seed + 1)
+    history = []
+    for epoch in range(config.backprop_epochs):
+        net.train()
+        loss_sum, correct = 0.0, 0
+        bar = _bar(-(-len(x_train) // config.classifier_batch_size), f"epoch {epoch + 1}/{config.backprop_epochs}",
+                   config)
+        for idx in _batches(len(x_train), config.classifier_batch_size, gen):
+            batch = x_train[idx].to(device)
+            logits = net(_flip(batch, gen) if config.flip else batch)
+            loss = F.cross_entropy(logits, y_train[idx].to(device))
+            if not math.isfinite(float(loss)):
+                raise TrainingDiverged(f"loss became {float(loss)} in epoch {epoch + 1}; lower --set backprop_lr=...")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += float(loss) * len(idx)
+            correct += int((logits.argmax(1).cpu() == y_train[idx]).sum())
+            bar.update(1)
+        bar.close()
+        net.eval()
+        test_acc = _accuracy(lambda b: net(b.to(device)), x_test, y_test, config.eval_batch_size)
+        history.append({"epoch": epoch + 1, "lr": config.backprop_lr, "train_loss": loss_sum / len(x_train),
+                        "train_acc": correct / len(x_train), "test_acc": test_acc})
+        log.info("backprop epoch %d/%d: train acc %.4f, test acc %.4f", epoch + 1, config.backprop_epochs,
+                 history[-1]["train_acc"], test_acc)
+    return history
+
+
+def _plot(history: pd.DataFrame, config: HebbianConfig, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(history["epoch"], history["train_acc"], label="train")
+    ax.plot(history["epoch"], history["test_acc"], label="test")
+    ax.set_xlabel("classifier epoch" if config.learning == "hebbian" else "epoch")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{config.setup} ({config.learning})")
+    ax.legend()
+    fig.tight_layout()
+    save_figure(fig, out / "curves.png")
+    plt.close(fig)
+
+
+def run_hebbian(config: HebbianConfig, resume: bool = False) -> HebbianResult:
+    """Run one setup end to end (see the module docstring); returns its results."""
+    config.validate()
+    out = Path(config.out)
+    if (out / "results.json").exists():
+        raise ConfigError(f"{out} already holds a finished hebbian run; choose another --out")
+    saved_layers = out / "hebbian_layers.pt"
+    if saved_layers.exists() and not resume:
+        raise ConfigError(f"{out} holds an unfinished hebbian run; add --resume to continue it or choose another --out")
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    start_all = time.perf_counter()
+    train = load_dataset(config.dataset, config.data_dir, "train", config.per_class, config.seed)
+    test = load_dataset(config.dataset, config.data_dir, "test", config.test_per_class, config.seed)
+    x_train, x_test = preprocess(train.images, test.images, config, train.mean, train.std)
+    net = HebbianCNN(train.channels, train.num_classes, train.image_size, config).to(device)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_open(out / "config.yaml") as fh:
+        yaml.safe_dump(config.to_dict(), fh, sort_keys=False)
+    save_json({"bionas_version": bionas.__version__, "torch_version": torch.__version__, "device": str(device),
+               "train_images": len(train), "test_images": len(test), "feature_dim": net.feature_dim,
+               "parameters": sum(p.numel() for p in net.parameters())}, out / "run_info.json")
+    log.info("%s (%s): %d training and %d test images, %d features, device %s", config.setup, config.learning,
+             len(train), len(test), net.feature_dim, device)
+    timings = {}
+    if config.learning in ("hebbian", "none"):
+        if config.learning == "none":
+            log.info("learning none: the convolutions keep their random initialisation (a control)")
+        elif resume and saved_layers.exists():
+            net.blocks.load_state_dict(torch.load(saved_layers, map_location=device, weights_only=True))
+            log.info("resumed: hebbian layers loaded from %s", saved_layers)
+        else:
+            start = time.perf_counter()
+            hebbian_phase(net, x_train, config, device)
+            timings["hebbian_seconds"] = time.perf_counter() - start
+            save_torch(net.blocks.state_dict(), saved_layers)
+            log.info("hebbian phase: %.1f s", timings["hebbian_seconds"])
+        start = time.perf_counter()
+        features = (extract_features(net, x_train, config, device), extract_features(net, x_test, config, device))
+        timings["feature_seconds"] = time.perf_counter() - start
+        start = time.perf_counter()
+        history = train_readout(net, features, (train.labels, test.labels), config, device)
+        timings["classifier_seconds"] = time.perf_counter() - start
+    else:
+        start = time.perf_counter()
+        history = train_backprop(net, (x_train, x_test), (train.labels, test.labels), config, device)
+        timings["backprop_seconds"] = time.perf_counter() - start
+    frame = pd.DataFrame(history)
+    save_csv(frame, out / "train_log.csv")
+    _plot(frame, config, out)
+    best = int(frame["test_acc"].idxmax())
+    results = {"setup": config.setup, "learning": config.learning, "test_acc": float(frame["test_acc"].iloc[-1]),
+               "best_test_acc": float(frame["test_acc"].iloc[best]), "best_epoch": int(frame["epoch"].iloc[best]),
+               "train_images": len(train), "test_images": len(test), **timings,
+               "wall_seconds": time.perf_counter() - start_all}
+    save_json(results, out / "results.json")
+    return HebbianResult(results, frame, out)
+
+
+__all__ = ["run_hebbian", "HebbianResult", "preprocess", "hebbian_phase", "extract_features", "train_readout",
+           "train_backprop", "classifier_lr"]
