@@ -150,13 +150,13 @@ def train_readout(net: HebbianCNN, features: tuple[Tensor, Tensor], labels: tupl
         for idx in _batches(len(f_train), config.classifier_batch_size, gen):
             logits = head(f_train[idx.to(device)].float())
             loss = F.cross_entropy(logits, y_train[idx].to(device))
-            if not math.isfinite(float(loss)):
-                raise TrainingDiverged(f"classifier loss became {float(loss)} in epoch {epoch + 1}; lower "
+            if not math.isfinite(float(loss.detach())):
+                raise TrainingDiverged(f"classifier loss became {float(loss.detach())} in epoch {epoch + 1}; lower "
                                        f"--set classifier_lr=... and rerun")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += float(loss) * len(idx)
+            loss_sum += float(loss.detach()) * len(idx)
             correct += int((logits.argmax(1).cpu() == y_train[idx]).sum())
         head.eval()
         test_acc = _accuracy(lambda f: head(f.float()), f_test, y_test, config.eval_batch_size)
@@ -183,12 +183,12 @@ def train_backprop(net: HebbianCNN, x: tuple[Tensor, Tensor], y: tuple[Tensor, T
             batch = x_train[idx].to(device)
             logits = net(_flip(batch, gen) if config.flip else batch)
             loss = F.cross_entropy(logits, y_train[idx].to(device))
-            if not math.isfinite(float(loss)):
-                raise TrainingDiverged(f"loss became {float(loss)} in epoch {epoch + 1}; lower --set backprop_lr=...")
+            if not math.isfinite(float(loss.detach())):
+                raise TrainingDiverged(f"loss became {float(loss.detach())} in epoch {epoch + 1}; lower --set backprop_lr=...")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += float(loss) * len(idx)
+            loss_sum += float(loss.detach()) * len(idx)
             correct += int((logits.argmax(1).cpu() == y_train[idx]).sum())
             bar.update(1)
         bar.close()

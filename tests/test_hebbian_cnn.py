@@ -1,0 +1,96 @@
+"""`bionas hebbian`: the network, whitening, the read-out schedule and a small real run."""
+import json
+
+import pytest
+import torch
+
+from bionas.errors import ConfigError
+from bionas.hebbian import HebbianCNN, Triangle, ZCA, resolve_config, setups
+from bionas.hebbian.run import classifier_lr, preprocess
+from bionas.rules import rule_layers
+
+SMALL = {"channels": [4, 8, 16], "per_class": 10, "test_per_class": 5, "classifier_epochs": 2,
+         "backprop_epochs": 1, "hebbian_batch_size": 20, "progress": False}
+
+
+def test_every_setup_builds_the_paper_network_with_its_rules():
+    for name in setups():
+        config = resolve_config(name)
+        net = HebbianCNN(3, 10, 32, config)
+        assert net.feature_dim == 24576  # 1536 x 4 x 4
+        assert net.features(torch.zeros(2, 3, 32, 32)).shape == (2, 24576)
+        layers = dict(rule_layers(net))
+        if config.learning == "hebbian":
+            assert [layer.rule.name for layer in layers.values()] == ["hebbian"] * 3
+            assert [layer.rule.competition for layer in layers.values()] == [o.get("competition", "none")
+                                                                            for o in config.layers]
+        else:
+            assert not layers
+    optimal = [layer.rule for _, layer in rule_layers(HebbianCNN(3, 10, 32, resolve_config("hard_wta_bcm_surround")))]
+    assert [r.surround_kernel.shape[-1] for r in optimal] == [5, 3, 3]
+    assert [r.theta_decay for r in optimal] == [0.30, 0.35, 0.35] and [r.lr for r in optimal] == [0.10, 0.08, 0.05]
+    params = sum(p.numel() for p in HebbianCNN(3, 10, 32, resolve_config("backprop")).parameters())
+    assert params == 3 * 96 * 25 + 96 * 384 * 9 + 384 * 1536 * 9 + 24576 * 10 + 10  # about 5.9 M
+
+
+def test_triangle_is_relu_of_the_channel_centred_input_to_a_power():
+    u = torch.tensor([[[[1.0]], [[2.0]], [[6.0]]]])  # (1, 3, 1, 1): mean 3
+    torch.testing.assert_close(Triangle(0.7)(u), torch.tensor([[[[0.0]], [[0.0]], [[3.0 ** 0.7]]]]))
+
+
+def test_zca_whitens_real_images(cifar10_root):
+    from bionas.data import load_dataset
+
+    x = load_dataset("cifar10", cifar10_root, "train", per_class=100, seed=0).images[:, :, :8, :8].double() / 255
+    zca = ZCA.fit(x, eps=1e-13)
+    white = zca(x).flatten(1)
+    cov = (white - white.mean(0)).T @ (white - white.mean(0)) / len(white)
+    torch.testing.assert_close(cov, torch.eye(cov.shape[0], dtype=torch.float64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(zca.matrix, zca.matrix.T)  # zero-phase: symmetric
+    # a larger eps keeps more of the image: whitened images stay correlated with the originals
+    soft = ZCA.fit(x, eps=1e-2)(x).flatten(1)
+    assert torch.corrcoef(torch.stack([soft[0], x[0].flatten()]))[0, 1] > 0.5
+
+
+def test_classifier_lr_halves_every_two_epochs_from_epoch_ten():
+    config = resolve_config("softhebb")
+    assert [classifier_lr(config, e) for e in range(14)] == [1e-3] * 10 + [5e-4] * 2 + [2.5e-4] * 2
+
+
+def test_setup_errors_are_one_line():
+    with pytest.raises(ConfigError, match="unknown hebbian setup 'soft'"):
+        resolve_config("soft")
+    with pytest.raises(ConfigError, match="needs hebbian options for each of the 3 blocks"):
+        resolve_config("hard_wta_bcm", overrides={"layers": [{}]})
+    with pytest.raises(ConfigError, match="unknown hebbian option"):
+        resolve_config("hard_wta_bcm", overrides={"epochs": 3})
+
+
+def test_small_real_runs_learn_locally_write_results_and_refuse_a_used_out(cifar10_root, tmp_path):
+    from bionas.hebbian import run_hebbian
+
+    base = {**SMALL, "data_dir": str(cifar10_root)}
+    config = resolve_config("hard_wta_bcm_surround", overrides={**base, "out": str(tmp_path / "bcm")})
+    start = {n: layer.weight.detach().clone() for n, layer in rule_layers(HebbianCNN(3, 10, 32, config))}
+    result = run_hebbian(config)
+    saved = torch.load(tmp_path / "bcm" / "hebbian_layers.pt", weights_only=True)
+    for name, w0 in start.items():
+        w = saved[name.removeprefix("blocks.") + ".weight"]
+        assert torch.isfinite(w).all() and not torch.equal(w, w0), name  # the hebbian phase changed every layer
+    results = json.loads((tmp_path / "bcm" / "results.json").read_text())
+    assert results["train_images"] == 100 and results["test_images"] == 50
+    assert 0 <= results["test_acc"] <= 1 and results["best_test_acc"] >= results["test_acc"]
+    assert list(result.history["epoch"]) == [1, 2]
+    assert {"hebbian_seconds", "feature_seconds", "classifier_seconds"} <= results.keys()
+    with pytest.raises(ConfigError, match="already holds a finished hebbian run"):
+        run_hebbian(config)
+
+    bp = run_hebbian(resolve_config("backprop", overrides={**base, "out": str(tmp_path / "bp")}))
+    assert list(bp.history["epoch"]) == [1] and "backprop_seconds" in bp.results
+
+
+def test_preprocess_without_whitening_normalises_by_the_dataset_statistics():
+    config = resolve_config("softhebb")
+    images = torch.full((2, 3, 4, 4), 255, dtype=torch.uint8)
+    train, _ = preprocess(images, images, config, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    torch.testing.assert_close(train, torch.full((2, 3, 4, 4), 2.0))
