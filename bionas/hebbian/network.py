@@ -8,6 +8,12 @@
 Batch norms have no affine parameters (nothing to learn without a loss); convolutions have no
 bias. With ``learning="hebbian"`` each convolution learns by :mod:`bionas.rules.hebbian` with its
 block's options; the head is trained afterwards on the frozen features (see ``run.py``).
+
+Initialisation: ``kaiming`` is PyTorch's default Conv2d draw (the paper's hard-WTA and backprop
+setups); ``softhebb`` is SoftHebb's wide radius, ``W ~ 25 / sqrt(fan_in) * N(0, 1)``. The project
+notes write ``|N(0, 1)|``; SoftHebb's public code draws signed normals, which is followed here
+(all-positive filters would start identical in sign and the anti-Hebbian term could not separate
+them as quickly). Both are drawn from a generator seeded by ``config.seed``.
 """
 from __future__ import annotations
 

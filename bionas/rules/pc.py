@@ -79,11 +79,14 @@ class PredictiveCodingRule(LocalRule):
             return torch.ones(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device)
         return 1.0 / (x * x).mean((1, 2, 3), keepdim=True).clamp_min(_EPS)
 
-    def infer(self, layer: nn.Conv2d, x: Tensor, weight: Tensor, G: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``(r0, r, e, pi)`` after the inference iterations; differentiable if the inputs are."""
+    def infer(self, layer: nn.Conv2d, x: Tensor, weight: Tensor, G: Tensor,
+              r0: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(r0, r, e, pi)`` after the inference iterations; differentiable if the inputs are.
+        ``r0``: the feedforward ``W * x`` when the caller has it already."""
         stride, padding, dilation, groups = conv_geometry(layer)
         pi = self.precision(x)
-        r0 = F.conv2d(x, weight, None, stride, padding, dilation, groups)  # (N, C_out, H', W')
+        if r0 is None:
+            r0 = F.conv2d(x, weight, None, stride, padding, dilation, groups)  # (N, C_out, H', W')
         r = r0
         e = x - reconstruct(layer, G, r, x.shape)  # (N, C_in, H, W)
         for _ in range(self.iterations):
@@ -107,12 +110,14 @@ class PredictiveCodingRule(LocalRule):
         return self._output(layer, r0, r, layer.bias)
 
     def forward(self, layer: nn.Conv2d, x: Tensor) -> Tensor:
-        with torch.no_grad():
-            r0, r, e, pi = self.infer(layer, x.detach(), layer.weight.detach(), self.G)
-            refinement = self.gate * (r - r0)
-        # value: the refined output; gradient: through W^T only (the weights are constants)
+        # the feedforward sweep carries the gradient: through W^T only (the weights are constants)
         y = layer.plain_forward(x.detach() if self.detach_input_error else x, detached=True,
-                                snapshot=layer.local_updates) + refinement
+                                snapshot=layer.local_updates)
+        with torch.no_grad():
+            r0 = y.detach() if layer.bias is None else y.detach() - layer.bias.detach()[None, :, None, None]
+            r0, r, e, pi = self.infer(layer, x.detach(), layer.weight.detach(), self.G, r0=r0.to(x.dtype))
+            refinement = self.gate * (r - r0)
+        y = y + refinement  # value: the refined output
         if layer.local_updates:
             with torch.no_grad():
                 self.learn(layer, x.detach(), r0, r, e, pi)
