@@ -226,3 +226,30 @@ def test_cli_smoke_training_of_a_resnet_baseline(cifar10_root, tmp_path, capsys)
     assert info["rule_counts"] == {"frsf": 20} and info["test_images"] == 1000
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["recipe"] == "resnet" and saved["lr"] == 0.1 and saved["model"] == "resnet20"
+
+
+@pytest.mark.parametrize("rule", ["hebbian", "pc"])
+def test_local_rules_learn_in_training_steps_only_and_the_checkpoint_keeps_their_state(rule, cifar10_root,
+                                                                                       tmp_path):
+    config = tiny(tmp_path, cifar10_root, rule=rule, epochs=1, steps_per_epoch=2)
+    result = run_train(config)
+    trained = load_trained(result.out / "checkpoint.pt")
+    start = build_network(trained.config, trained.data, trained.genotype)
+    local = {name: layer for name, layer in rules.rule_layers(trained.model) if layer.rule.kind == "local"}
+    assert local and {layer.rule.name for layer in local.values()} == {rule}
+    initial = dict(rules.rule_layers(start))
+    for name, layer in local.items():  # the two training steps moved every local layer ...
+        assert not torch.equal(layer.weight, initial[name].weight), name
+    saved = {k: v.clone() for k, v in trained.model.state_dict().items() if torch.is_tensor(v)}
+    from bionas.data import BatchLoader, load_dataset
+
+    test = load_dataset("cifar10", cifar10_root, "test", per_class=10, seed=0)
+    x, y = next(iter(BatchLoader(test, 50, shuffle=False)))
+    trained.model.eval()
+    correct = sum(int((trained.model(x).argmax(1) == y).sum()) for x, y in BatchLoader(test, 50, shuffle=False))
+    assert correct / len(test) == pytest.approx(result.test_acc)  # rule state (theta, G) restored exactly
+    trained.model.train()
+    trained.model(x)  # ... and nothing outside a training step moves them
+    for k, v in saved.items():
+        if "running" not in k and "num_batches" not in k:
+            assert torch.equal(trained.model.state_dict()[k], v), k
