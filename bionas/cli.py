@@ -24,6 +24,15 @@ def _add_run_options(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
 
 
+def _add_config_options(p: argparse.ArgumentParser, set_help: str, resume_help: str | None = None) -> None:
+    """--config, --set (and --resume), --no-progress: the layering every run command shares."""
+    p.add_argument("--config", default=None, metavar="YAML", help="options from a YAML file (e.g. a run's config.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    if resume_help:
+        p.add_argument("--resume", action="store_true", help=resume_help)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bionas",
@@ -66,11 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--order", choices=["first", "second"], default=None, help="DARTS gradient order (default: first)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, ... (default: auto)")
     p.add_argument("--preset", default=None, help="named preset from bionas/configs/search.yaml, e.g. smoke")
-    p.add_argument("--config", default=None, metavar="YAML", help="options from a YAML file (e.g. a run's config.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any config field, e.g. --set lr=0.05 --set arch_gradient=exact (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_config_options(p, set_help="any config field, e.g. --set lr=0.05 --set arch_gradient=exact (repeatable)",
+                        resume_help="continue the run saved in --out")
     p.set_defaults(handler=_search)
 
     p = sub.add_parser("train", help="retrain a genotype's cell network, or a single-rule ResNet baseline",
@@ -97,11 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None, help="initial learning rate (default: the recipe's)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, ... (default: auto)")
     p.add_argument("--preset", default=None, help="named preset from bionas/configs/train.yaml, e.g. smoke")
-    p.add_argument("--config", default=None, metavar="YAML", help="options from a YAML file (e.g. a run's config.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any config field, e.g. --set channels=16 --set drop_path=0.3 (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_config_options(p, set_help="any config field, e.g. --set channels=16 --set drop_path=0.3 (repeatable)",
+                        resume_help="continue the run saved in --out")
     p.set_defaults(handler=_train)
 
     p = sub.add_parser("attack", help="adversarial robustness of trained checkpoints (torchattacks)",
@@ -124,10 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="seed of the subset and of the attacks (default: 0)")
     p.add_argument("--batch-size", type=int, default=None, help="images per attack batch (default: 250)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, ... (default: auto)")
-    p.add_argument("--config", default=None, metavar="YAML", help="options from a YAML file")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any config field, e.g. --set square_queries=5000 --set apgd_eot_iter=10")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_config_options(p, set_help="any config field, e.g. --set square_queries=5000 --set apgd_eot_iter=10")
     p.set_defaults(handler=_attack)
 
     p = sub.add_parser("hebbian", help="a Hebbian CNN trained without labels, read out by a linear classifier",
@@ -143,11 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="classifier (or backprop) epochs (default: 20)")
     _add_run_options(p, out="runs/hebbian")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, ... (default: auto)")
-    p.add_argument("--config", default=None, metavar="YAML", help="options from a YAML file")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any config field, e.g. --set hebbian_epochs=2 --set whiten=false (repeatable)")
-    p.add_argument("--resume", action="store_true", help="reuse the hebbian layers saved in --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_config_options(p, set_help="any config field, e.g. --set hebbian_epochs=2 --set whiten=false (repeatable)",
+                        resume_help="reuse the hebbian layers saved in --out")
     p.set_defaults(handler=_hebbian)
 
     p = sub.add_parser("rules", help="list the registered learning rules")
