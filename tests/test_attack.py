@@ -150,12 +150,16 @@ def test_batched_one_pixel_changes_exactly_k_pixels_and_repeats(checkpoints, cif
 
 
 def test_masking_warning_and_table_layout():
-    rows = [{"model": "m", "attack": a, "gradient": g, "robust_acc": r, "n_images": 10}
+    rows = [{"model": "m", "attack": a, "gradient": g, "robust_acc": r, "n_images": 100}
             for a, g, r in [("Clean", "none", 0.9), ("PGD", "exact", 0.1), ("PGD", "rule", 0.6),
+                            ("APGD", "rule", 0.48),  # within 2 standard errors (0.098) of Square: noise
+                            ("TPGD", "exact", 0.7),  # KL objective, not a misclassification attack
                             ("Square", "none", 0.4), ("OP1", "none", 0.8)]]
     frame = pd.DataFrame(rows)
     warnings = masking_warnings(frame)
     assert len(warnings) == 1 and "PGD with rule gradients" in warnings[0] and "40.0%" in warnings[0]
+    frame.loc[frame["attack"] == "APGD", "robust_acc"] = 0.51  # beyond the noise now
+    assert len(masking_warnings(frame)) == 2
     md = markdown_table(frame, warnings)
     lines = md.splitlines()
     assert lines[2] == "| Clean | 90.0 |" and lines[3] == "| OP1 | 80.0 |" and lines[4] == "| PGD | 10.0 / 60.0 |"
