@@ -85,10 +85,10 @@ def convert(module: nn.Module, rule: str, seed: int | None = None, **options) ->
     if _convertible(module):
         return _convert_layer(module, rule, seed, 0, options)
     targets = [(name, m) for name, m in module.named_modules() if _convertible(m)]
-    kept = [name for name, m in targets if not isinstance(m, cls.layer_types)]
+    kept = {name for name, m in targets if not isinstance(m, cls.layer_types)}
     if kept:
         log.info("rule %s learns %s layers only; %d other layer(s) keep their rule: %s", rule,
-                 "/".join(t.__name__ for t in cls.layer_types), len(kept), ", ".join(kept))
+                 "/".join(t.__name__ for t in cls.layer_types), len(kept), ", ".join(sorted(kept)))
     for index, (name, layer) in enumerate(targets):
         if name in kept:  # the index still counts it, so seeds do not depend on the rule
             continue
@@ -103,6 +103,11 @@ def rule_layers(model: nn.Module) -> Iterator[tuple[str, RuleLayer]]:
     for name, m in model.named_modules():
         if isinstance(m, RuleLayer):
             yield name, m
+
+
+def has_local_rules(model: nn.Module) -> bool:
+    """Whether any rule-aware layer of ``model`` learns by a local rule (hebbian, pc)."""
+    return any(layer.rule.kind == "local" for _, layer in rule_layers(model))
 
 
 def rules_in(model: nn.Module) -> dict[str, str]:

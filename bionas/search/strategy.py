@@ -88,7 +88,7 @@ class SearchStrategy:
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.weight_optimizer, T_max=config.epochs, eta_min=config.lr_min)
         # local rules update only inside weight steps (never in architecture steps or evaluation)
-        self._has_local_rules = any(layer.rule.kind == "local" for _, layer in rules.rule_layers(model))
+        self._has_local_rules = rules.has_local_rules(model)
         self.epoch = 0
 
     @property

@@ -109,7 +109,7 @@ class _Training:
             model = distributed.wrap(model, self.device, sync_buffers=not config.sync_batchnorm)
         self.model = model
         # local rules (hebbian, pc) update only inside weight-training steps, never in evaluation
-        self.has_local_rules = any(layer.rule.kind == "local" for _, layer in rules.rule_layers(self.net))
+        self.has_local_rules = rules.has_local_rules(self.net)
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=config.lr, momentum=config.momentum,
                                          nesterov=config.nesterov, weight_decay=config.weight_decay)
         use_bf16 = config.amp == "bf16" or (config.amp == "auto" and self.device.type == "cuda")
