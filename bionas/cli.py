@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p, out="runs/hebbian")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, ... (default: auto)")
     _add_config_options(p, set_help="any config field, e.g. --set hebbian_epochs=2 --set whiten=false (repeatable)",
-                        resume_help="reuse the hebbian layers saved in --out")
+                        resume_help="continue the run saved in --out (its hebbian layers, or the backprop epochs done)")
     p.set_defaults(handler=_hebbian)
 
     p = sub.add_parser("rules", help="list the registered learning rules")

@@ -23,6 +23,7 @@ import pandas as pd  # noqa: E402
 
 from bionas.configs.options import parse_assignment  # noqa: E402
 from bionas.hebbian import resolve_config, run_hebbian, setups  # noqa: E402
+from bionas.hebbian.run import unfinished  # noqa: E402
 from bionas.io import atomic_open, save_csv  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,23 +48,23 @@ def main() -> None:
             continue
         config = resolve_config(setup, overrides={"out": str(run_dir), "device": args.device, "progress": False,
                                                   **extra})
-        run_hebbian(config, resume=(run_dir / "hebbian_layers.pt").exists())
+        run_hebbian(config, resume=unfinished(run_dir))
     rows = []
     for setup in setups():
         path = out / setup / "results.json"
         if path.exists():
             r = json.loads(path.read_text())
             rows.append({"setup": setup, "learning": r["learning"], "test_acc": r["test_acc"],
-                         "best_test_acc": r["best_test_acc"], "best_epoch": r["best_epoch"],
+                         "best_test_acc": r["best_test_acc"], "best_epoch": r["best_epoch"], "epochs": len(pd.read_csv(out / setup / "train_log.csv")),
                          "paper_acc": PAPER.get(setup), "train_images": r["train_images"],
                          "test_images": r["test_images"], "wall_seconds": r["wall_seconds"]})
     table = pd.DataFrame(rows)
     save_csv(table, out / "results.csv")
-    lines = ["| setup | learning | test acc (last epoch) | best epoch's test acc | paper | wall time |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = ["| setup | learning | epochs | test acc (last epoch) | best epoch's test acc | paper | wall time |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         paper = f"{r['paper_acc']:.1f}%" if r["paper_acc"] is not None else "-"
-        lines.append(f"| {r['setup']} | {r['learning']} | {100 * r['test_acc']:.2f}% | "
+        lines.append(f"| {r['setup']} | {r['learning']} | {r['epochs']} | {100 * r['test_acc']:.2f}% | "
                      f"{100 * r['best_test_acc']:.2f}% (epoch {r['best_epoch']}) | {paper} | "
                      f"{r['wall_seconds'] / 60:.1f} min |")
     with atomic_open(out / "table.md") as fh:

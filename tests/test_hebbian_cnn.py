@@ -89,6 +89,27 @@ def test_small_real_runs_learn_locally_write_results_and_refuse_a_used_out(cifar
     assert list(bp.history["epoch"]) == [1] and "backprop_seconds" in bp.results
 
 
+def test_backprop_setup_resumes_bit_for_bit_from_its_per_epoch_state(cifar10_root, tmp_path):
+    from bionas.hebbian import run_hebbian
+    from bionas.hebbian.run import unfinished
+
+    base = {**SMALL, "data_dir": str(cifar10_root), "backprop_epochs": 2}
+    straight = run_hebbian(resolve_config("backprop", overrides={**base, "out": str(tmp_path / "a")}))
+    run_hebbian(resolve_config("backprop", overrides={**base, "backprop_epochs": 1, "out": str(tmp_path / "b")}))
+    (tmp_path / "b" / "results.json").unlink()  # as if stopped after epoch 1: only its saved state is left
+    assert unfinished(tmp_path / "b") and not unfinished(tmp_path / "a")
+    config = resolve_config("backprop", overrides={**base, "out": str(tmp_path / "b")})
+    with pytest.raises(ConfigError, match="unfinished hebbian run; add --resume"):
+        run_hebbian(config)
+    resumed = run_hebbian(config, resume=True)
+    assert list(resumed.history["epoch"]) == [1, 2] and resumed.results["epochs"] == 2
+    for column in ("train_loss", "train_acc", "test_acc"):
+        assert list(resumed.history[column]) == list(straight.history[column]), column
+    a = torch.load(tmp_path / "a" / "backprop_state.pt", weights_only=True)["net"]
+    b = torch.load(tmp_path / "b" / "backprop_state.pt", weights_only=True)["net"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_preprocess_without_whitening_normalises_by_the_dataset_statistics():
     config = resolve_config("softhebb")
     images = torch.full((2, 3, 4, 4), 255, dtype=torch.uint8)

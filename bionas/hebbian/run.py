@@ -19,7 +19,9 @@ epoch's accuracy and, separately, the best epoch's (the paper's "optimal test pe
 
 Outputs in ``out``: ``config.yaml``, ``run_info.json``, ``hebbian_layers.pt`` (the frozen
 convolutions and BN statistics after phase 1, written atomically; ``--resume`` reuses it),
-``train_log.csv`` (per epoch), ``curves.png``, ``results.json``.
+``backprop_state.pt`` (backprop setup: network, optimiser and history after every epoch; ``--resume``
+continues from it, also to more epochs), ``train_log.csv`` (per epoch), ``curves.png``,
+``results.json``.
 """
 from __future__ import annotations
 
@@ -168,13 +170,30 @@ def train_readout(net: HebbianCNN, features: tuple[Tensor, Tensor], labels: tupl
 
 
 def train_backprop(net: HebbianCNN, x: tuple[Tensor, Tensor], y: tuple[Tensor, Tensor], config: HebbianConfig,
-                   device: torch.device) -> list[dict]:
-    """The same network end to end by Adam (the paper's backprop comparison)."""
+                   device: torch.device, state_path: Path | None = None, resume: bool = False) -> list[dict]:
+    """The same network end to end by Adam (the paper's backprop comparison).
+
+    With ``state_path`` the network, optimiser, shuffling generator and history are saved there
+    (atomically) after every epoch; ``resume`` continues from that file, bit for bit as if never
+    stopped, also to a larger ``backprop_epochs`` than the saved run was started with.
+    """
     (x_train, x_test), (y_train, y_test) = x, y
     optimizer = torch.optim.Adam(net.parameters(), lr=config.backprop_lr)
     gen = torch.Generator().manual_seed(config.seed + 1)
     history = []
-    for epoch in range(config.backprop_epochs):
+    if resume and state_path is not None and state_path.exists():
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        net.load_state_dict(state["net"])
+        optimizer.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["rng"])  # dropout draws from the global generators
+        if device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        history = [dict(zip(state["history_keys"], row)) for row in state["history"].tolist()]
+        for row in history:
+            row["epoch"] = int(row["epoch"])
+        log.info("resumed: backprop state after epoch %d loaded from %s", len(history), state_path)
+    for epoch in range(len(history), config.backprop_epochs):
         net.train()
         loss_sum, correct = 0.0, 0
         bar = _bar(-(-len(x_train) // config.classifier_batch_size), f"epoch {epoch + 1}/{config.backprop_epochs}",
@@ -198,6 +217,15 @@ def train_backprop(net: HebbianCNN, x: tuple[Tensor, Tensor], y: tuple[Tensor, T
                         "train_acc": correct / len(x_train), "test_acc": test_acc})
         log.info("backprop epoch %d/%d: train acc %.4f, test acc %.4f", epoch + 1, config.backprop_epochs,
                  history[-1]["train_acc"], test_acc)
+        if state_path is not None:
+            keys = list(history[0])
+            rng = {"rng": torch.get_rng_state()}
+            if device.type == "cuda":
+                rng["cuda_rng"] = torch.cuda.get_rng_state(device)
+            save_torch({"net": net.state_dict(), "optimizer": optimizer.state_dict(), "generator": gen.get_state(),
+                        **rng, "history_keys": keys,
+                        "history": torch.tensor([[row[k] for k in keys] for row in history], dtype=torch.float64)},
+                       state_path)
     return history
 
 
@@ -219,14 +247,22 @@ def _plot(history: pd.DataFrame, config: HebbianConfig, out: Path) -> None:
     plt.close(fig)
 
 
+def unfinished(out: str | Path) -> bool:
+    """Whether ``out`` holds a run that saved progress (Hebbian layers, or a backprop epoch) but no
+    results yet: ``run_hebbian(..., resume=True)`` continues it."""
+    out = Path(out)
+    return not (out / "results.json").exists() and any(
+        (out / name).exists() for name in ("hebbian_layers.pt", "backprop_state.pt"))
+
+
 def run_hebbian(config: HebbianConfig, resume: bool = False) -> HebbianResult:
     """Run one setup end to end (see the module docstring); returns its results."""
     config.validate()
     out = Path(config.out)
     if (out / "results.json").exists():
         raise ConfigError(f"{out} already holds a finished hebbian run; choose another --out")
-    saved_layers = out / "hebbian_layers.pt"
-    if saved_layers.exists() and not resume:
+    saved_layers, saved_backprop = out / "hebbian_layers.pt", out / "backprop_state.pt"
+    if unfinished(out) and not resume:
         raise ConfigError(f"{out} holds an unfinished hebbian run; add --resume to continue it or choose another --out")
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
@@ -264,7 +300,8 @@ def run_hebbian(config: HebbianConfig, resume: bool = False) -> HebbianResult:
         timings["classifier_seconds"] = time.perf_counter() - start
     else:
         start = time.perf_counter()
-        history = train_backprop(net, (x_train, x_test), (train.labels, test.labels), config, device)
+        history = train_backprop(net, (x_train, x_test), (train.labels, test.labels), config, device,
+                                 state_path=saved_backprop, resume=resume)
         timings["backprop_seconds"] = time.perf_counter() - start
     frame = pd.DataFrame(history)
     save_csv(frame, out / "train_log.csv")
@@ -272,11 +309,11 @@ def run_hebbian(config: HebbianConfig, resume: bool = False) -> HebbianResult:
     best = int(frame["test_acc"].idxmax())
     results = {"setup": config.setup, "learning": config.learning, "test_acc": float(frame["test_acc"].iloc[-1]),
                "best_test_acc": float(frame["test_acc"].iloc[best]), "best_epoch": int(frame["epoch"].iloc[best]),
-               "train_images": len(train), "test_images": len(test), **timings,
+               "epochs": len(frame), "train_images": len(train), "test_images": len(test), **timings,
                "wall_seconds": time.perf_counter() - start_all}
     save_json(results, out / "results.json")
     return HebbianResult(results, frame, out)
 
 
-__all__ = ["run_hebbian", "HebbianResult", "preprocess", "hebbian_phase", "extract_features", "train_readout",
+__all__ = ["run_hebbian", "unfinished", "HebbianResult", "preprocess", "hebbian_phase", "extract_features", "train_readout",
            "train_backprop", "classifier_lr"]
