@@ -52,6 +52,29 @@ def test_zca_whitens_real_images(cifar10_root):
     assert torch.corrcoef(torch.stack([soft[0], x[0].flatten()]))[0, 1] > 0.5
 
 
+def test_surround_forward_puts_the_dog_kernel_between_convolution_and_triangle(cifar10_root):
+    import torch.nn.functional as F
+
+    from bionas.data import load_dataset
+
+    small = {"channels": [4, 8, 16]}
+    net = HebbianCNN(3, 10, 32, resolve_config("hard_wta_bcm_surround", overrides={**small, "surround_forward": True}))
+    plain = HebbianCNN(3, 10, 32, resolve_config("hard_wta_bcm_surround", overrides=small))
+    assert [len(b) for b in net.blocks] == [5, 5, 5] and [len(b) for b in plain.blocks] == [4, 4, 4]
+    x = load_dataset("cifar10", cifar10_root, "test", per_class=1, seed=0).images.float() / 255
+    block = net.eval().blocks[0]
+    u = block[1](block[0](x))
+    r = torch.arange(5.0) - 2  # layer 1 of the optimal setup: sigma_e 1.2, sigma_i 1.3, 5 x 5
+    d2 = r[:, None] ** 2 + r[None, :] ** 2
+    k = torch.exp(-d2 / (2 * 1.2**2)) / (2 * torch.pi * 1.2**2) - torch.exp(-d2 / (2 * 1.3**2)) / (2 * torch.pi * 1.3**2)
+    k = k / k[2, 2]
+    expected = torch.stack([F.conv2d(u[:, c:c + 1], k[None, None], padding=2)[:, 0] for c in range(4)], 1)
+    torch.testing.assert_close(block[2](u), expected, rtol=1e-5, atol=1e-6)
+    assert isinstance(block[3], Triangle)
+    with pytest.raises(ConfigError, match="surround_forward needs hebbian layers with surround"):
+        resolve_config("hard_wta_bcm", overrides={"surround_forward": True})
+
+
 def test_classifier_lr_halves_every_two_epochs_from_epoch_ten():
     config = resolve_config("softhebb")
     assert [classifier_lr(config, e) for e in range(14)] == [1e-3] * 10 + [5e-4] * 2 + [2.5e-4] * 2

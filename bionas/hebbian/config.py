@@ -28,6 +28,7 @@ class HebbianConfig:
     whiten: bool = True  # ZCA whitening of the input images
     zca_eps: float = 1e-2  # added to the covariance's eigenvalues (pixels in [0, 1])
     layers: list = field(default_factory=list)  # per block: hebbian rule options
+    surround_forward: bool = False  # a layer's DoG surround also shapes its output, not only its update
     channels: list = field(default_factory=lambda: [96, 384, 1536])  # quadrupling per block
     dataset: str = "cifar10"
     data_dir: str | None = None
@@ -63,6 +64,9 @@ class HebbianConfig:
                               f"[{{...}}, {{...}}, {{...}}]), got {len(self.layers)}")
         if not all(isinstance(layer, dict) for layer in self.layers):
             raise ConfigError("layers must be a list of mappings of hebbian rule options")
+        if self.surround_forward and not (self.learning == "hebbian" and any(l.get("surround") for l in self.layers)):
+            raise ConfigError(f"surround_forward needs hebbian layers with surround: true; setup {self.setup!r} has "
+                              f"none (try --setup hard_wta_bcm_surround)")
         for name in ("hebbian_epochs", "hebbian_batch_size", "classifier_epochs", "classifier_batch_size",
                      "lr_halve_every", "backprop_epochs", "eval_batch_size"):
             value = getattr(self, name)

@@ -5,6 +5,12 @@
     block 3  BN -> conv 3x3 pad 1, 384 -> 1536 -> triangle p=1.0 -> avg-pool 2/2     (1536 x 4 x 4)
     head     flatten -> dropout -> linear 24,576 -> classes
 
+With ``surround_forward`` a block whose rule has a DoG ``surround`` also applies that fixed kernel to
+its convolution's output (``conv -> DoG -> triangle``), so the features carry the lateral inhibition
+too; by default it shapes only the learning signal (see ``bionas/rules/hebbian.py``). The paper
+lists it among the steps of "each forward pass" (section 3.1) without saying whether the layer's
+output or only its update sees it, so both readings are offered.
+
 Batch norms have no affine parameters (nothing to learn without a loss); convolutions have no
 bias. With ``learning="hebbian"`` each convolution learns by :mod:`bionas.rules.hebbian` with its
 block's options; the head is trained afterwards on the frozen features (see ``run.py``).
@@ -20,6 +26,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bionas import rules
@@ -45,6 +52,22 @@ class Triangle(nn.Module):
         return f"power={self.power}"
 
 
+class Surround(nn.Module):
+    """Fixed difference-of-Gaussians lateral inhibition on a feature map: every channel convolved
+    with the same ``kernel`` (k x k, "same" padding), nothing learnt."""
+
+    def __init__(self, kernel: Tensor):
+        super().__init__()
+        self.register_buffer("kernel", kernel.detach().clone().float(), persistent=False)
+
+    def forward(self, u: Tensor) -> Tensor:
+        k = self.kernel.shape[-1]
+        return F.conv2d(u, self.kernel.to(u.dtype).expand(u.shape[1], 1, k, k), padding=k // 2, groups=u.shape[1])
+
+    def extra_repr(self) -> str:
+        return f"size={self.kernel.shape[-1]}"
+
+
 class HebbianCNN(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, image_size: int, config: HebbianConfig):
         super().__init__()
@@ -59,9 +82,15 @@ class HebbianCNN(nn.Module):
                     conv.weight.normal_(0.0, 25 / math.sqrt(conv.weight[0].numel()), generator=gen)
                 else:  # PyTorch's default Conv2d initialisation (Kaiming uniform, a = sqrt(5)), seeded
                     nn.init.kaiming_uniform_(conv.weight, a=math.sqrt(5), generator=gen)
+            layers = [nn.BatchNorm2d(widths[i], affine=False)]
             if config.learning == "hebbian":
                 conv = rules.convert(conv, "hebbian", seed=config.seed + i, **config.layers[i])
-            blocks.append(nn.Sequential(nn.BatchNorm2d(widths[i], affine=False), conv, Triangle(POWERS[i]), pools[i]))
+                layers.append(conv)
+                if config.surround_forward and conv.rule.surround:
+                    layers.append(Surround(conv.rule.surround_kernel))
+            else:
+                layers.append(conv)
+            blocks.append(nn.Sequential(*layers, Triangle(POWERS[i]), pools[i]))
         self.blocks = nn.Sequential(*blocks)
         self.feature_dim = widths[-1] * (image_size // 8) ** 2
         self.dropout = nn.Dropout(config.dropout)
