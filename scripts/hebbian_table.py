@@ -27,7 +27,7 @@ from bionas.hebbian.run import unfinished  # noqa: E402
 from bionas.io import atomic_open, save_csv  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-PAPER = {"softhebb": 79.2, "hard_wta_instar": 74.8, "hard_wta_bcm": 75.3, "hard_wta_bcm_surround": 76.0, "hard_wta_bcm_surround_forward": 76.0,
+PAPER = {"softhebb": 79.2, "hard_wta_instar": 74.8, "hard_wta_instar_no_norm": 74.8, "hard_wta_bcm": 75.3, "hard_wta_bcm_surround": 76.0, "hard_wta_bcm_surround_forward": 76.0,
          "backprop": 77.7, "random_features": None}
 
 
