@@ -75,6 +75,21 @@ def test_surround_forward_puts_the_dog_kernel_between_convolution_and_triangle(c
         resolve_config("hard_wta_bcm", overrides={"surround_forward": True})
 
 
+def test_moved_filters_counts_turned_filters_not_rescaled_ones():
+    from bionas.hebbian.run import moved_filters
+
+    net = HebbianCNN(3, 10, 32, resolve_config("hard_wta_bcm", overrides={"channels": [4, 8, 16]}))
+    initial = {name: layer.weight.detach().clone() for name, layer in rule_layers(net)}
+    first = next(layer for _, layer in rule_layers(net))
+    with torch.no_grad():
+        w = first.weight
+        w[0] = -w[0]  # turned 180 degrees: moved
+        w[1] = 5 * w[1]  # rescaled only: not moved
+        w[2] += 1e-4 * w[2].norm() * torch.ones_like(w[2]) / w[2].numel() ** 0.5  # well under 1 degree
+        w[3] = w[3] + 0.5 * w[3].norm() * torch.eye(5)[None].expand_as(w[3]) / 15 ** 0.5  # ~27 degrees
+    assert moved_filters(initial, net) == [0.5, 0.0, 0.0]
+
+
 def test_classifier_lr_halves_every_two_epochs_from_epoch_ten():
     config = resolve_config("softhebb")
     assert [classifier_lr(config, e) for e in range(14)] == [1e-3] * 10 + [5e-4] * 2 + [2.5e-4] * 2
@@ -105,6 +120,7 @@ def test_small_real_runs_learn_locally_write_results_and_refuse_a_used_out(cifar
     assert 0 <= results["test_acc"] <= 1 and results["best_test_acc"] >= results["test_acc"]
     assert list(result.history["epoch"]) == [1, 2]
     assert {"hebbian_seconds", "feature_seconds", "classifier_seconds"} <= results.keys()
+    assert len(results["moved_filters"]) == 3 and all(0 < f <= 1 for f in results["moved_filters"])
     with pytest.raises(ConfigError, match="already holds a finished hebbian run"):
         run_hebbian(config)
 

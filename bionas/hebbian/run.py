@@ -86,6 +86,19 @@ def _bar(total: int, desc: str, config: HebbianConfig):
     return tqdm(total=total, desc=desc, leave=False, disable=None if config.progress else True)
 
 
+def moved_filters(initial: dict[str, Tensor], net: HebbianCNN, min_angle_deg: float = 1.0) -> list[float]:
+    """Per convolution, the fraction of output filters whose direction moved by more than
+    ``min_angle_deg`` from ``initial`` (name -> weight): the filters the local rule actually
+    trained. Rescaling (``weight_norm``) does not count; a hard WTA whose few winners take every
+    position shows up as a small fraction (dead filters)."""
+    fractions = []
+    for name, layer in rules.rule_layers(net):
+        w0, w = initial[name].flatten(1).double(), layer.weight.detach().flatten(1).double().cpu()
+        cos = F.cosine_similarity(w0, w, dim=1)
+        fractions.append(float((cos < math.cos(math.radians(min_angle_deg))).double().mean()))
+    return fractions
+
+
 def hebbian_phase(net: HebbianCNN, x: Tensor, config: HebbianConfig, device: torch.device) -> None:
     """Phase 1: every convolution learns by its local rule over ``hebbian_epochs`` passes."""
     gen = torch.Generator().manual_seed(config.seed)
@@ -279,19 +292,24 @@ def run_hebbian(config: HebbianConfig, resume: bool = False) -> HebbianResult:
                "parameters": sum(p.numel() for p in net.parameters())}, out / "run_info.json")
     log.info("%s (%s): %d training and %d test images, %d features, device %s", config.setup, config.learning,
              len(train), len(test), net.feature_dim, device)
-    timings = {}
+    timings, extra = {}, {}
     if config.learning in ("hebbian", "none"):
         if config.learning == "none":
             log.info("learning none: the convolutions keep their random initialisation (a control)")
-        elif resume and saved_layers.exists():
-            net.blocks.load_state_dict(torch.load(saved_layers, map_location=device, weights_only=True))
-            log.info("resumed: hebbian layers loaded from %s", saved_layers)
         else:
-            start = time.perf_counter()
-            hebbian_phase(net, x_train, config, device)
-            timings["hebbian_seconds"] = time.perf_counter() - start
-            save_torch(net.blocks.state_dict(), saved_layers)
-            log.info("hebbian phase: %.1f s", timings["hebbian_seconds"])
+            initial = {name: layer.weight.detach().cpu().clone() for name, layer in rules.rule_layers(net)}
+            if resume and saved_layers.exists():
+                net.blocks.load_state_dict(torch.load(saved_layers, map_location=device, weights_only=True))
+                log.info("resumed: hebbian layers loaded from %s", saved_layers)
+            else:
+                start = time.perf_counter()
+                hebbian_phase(net, x_train, config, device)
+                timings["hebbian_seconds"] = time.perf_counter() - start
+                save_torch(net.blocks.state_dict(), saved_layers)
+                log.info("hebbian phase: %.1f s", timings["hebbian_seconds"])
+            extra["moved_filters"] = moved_filters(initial, net)
+            log.info("filters trained by the hebbian phase (direction moved > 1 degree), per layer: %s",
+                     ", ".join(f"{100 * f:.1f}%" for f in extra["moved_filters"]))
         start = time.perf_counter()
         features = (extract_features(net, x_train, config, device), extract_features(net, x_test, config, device))
         timings["feature_seconds"] = time.perf_counter() - start
@@ -309,11 +327,11 @@ def run_hebbian(config: HebbianConfig, resume: bool = False) -> HebbianResult:
     best = int(frame["test_acc"].idxmax())
     results = {"setup": config.setup, "learning": config.learning, "test_acc": float(frame["test_acc"].iloc[-1]),
                "best_test_acc": float(frame["test_acc"].iloc[best]), "best_epoch": int(frame["epoch"].iloc[best]),
-               "epochs": len(frame), "train_images": len(train), "test_images": len(test), **timings,
+               "epochs": len(frame), "train_images": len(train), "test_images": len(test), **extra, **timings,
                "wall_seconds": time.perf_counter() - start_all}
     save_json(results, out / "results.json")
     return HebbianResult(results, frame, out)
 
 
-__all__ = ["run_hebbian", "unfinished", "HebbianResult", "preprocess", "hebbian_phase", "extract_features", "train_readout",
+__all__ = ["run_hebbian", "unfinished", "moved_filters", "HebbianResult", "preprocess", "hebbian_phase", "extract_features", "train_readout",
            "train_backprop", "classifier_lr"]
