@@ -148,6 +148,19 @@ def test_backprop_setup_resumes_bit_for_bit_from_its_per_epoch_state(cifar10_roo
     b = torch.load(tmp_path / "b" / "backprop_state.pt", weights_only=True)["net"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
+    # a finished run goes on to more epochs with --resume (and only then, and only to more)
+    done = json.loads((tmp_path / "a" / "results.json").read_text())
+    longer = resolve_config("backprop", overrides={**base, "backprop_epochs": 3, "out": str(tmp_path / "a")})
+    with pytest.raises(ConfigError, match="already holds a finished hebbian run"):
+        run_hebbian(longer)
+    with pytest.raises(ConfigError, match="already holds 2 backprop epochs; ask for more"):
+        run_hebbian(resolve_config("backprop", overrides={**base, "out": str(tmp_path / "a")}), resume=True)
+    extended = run_hebbian(longer, resume=True)
+    assert list(extended.history["epoch"]) == [1, 2, 3] and extended.results["epochs"] == 3
+    assert list(extended.history["test_acc"][:2]) == list(straight.history["test_acc"])
+    assert extended.results["backprop_seconds"] > done["backprop_seconds"] > 0
+    assert extended.results["wall_seconds"] > done["wall_seconds"]
+
 
 def test_preprocess_without_whitening_normalises_by_the_dataset_statistics():
     config = resolve_config("softhebb")

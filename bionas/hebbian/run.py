@@ -25,6 +25,7 @@ continues from it, also to more epochs), ``train_log.csv`` (per epoch), ``curves
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -188,7 +189,8 @@ def train_backprop(net: HebbianCNN, x: tuple[Tensor, Tensor], y: tuple[Tensor, T
 
     With ``state_path`` the network, optimiser, shuffling generator and history are saved there
     (atomically) after every epoch; ``resume`` continues from that file, bit for bit as if never
-    stopped, also to a larger ``backprop_epochs`` than the saved run was started with.
+    stopped, also to a larger ``backprop_epochs`` than the saved run was started with. Each
+    history row records the epoch's ``seconds`` (training and test evaluation).
     """
     (x_train, x_test), (y_train, y_test) = x, y
     optimizer = torch.optim.Adam(net.parameters(), lr=config.backprop_lr)
@@ -207,6 +209,7 @@ def train_backprop(net: HebbianCNN, x: tuple[Tensor, Tensor], y: tuple[Tensor, T
             row["epoch"] = int(row["epoch"])
         log.info("resumed: backprop state after epoch %d loaded from %s", len(history), state_path)
     for epoch in range(len(history), config.backprop_epochs):
+        epoch_start = time.perf_counter()
         net.train()
         loss_sum, correct = 0.0, 0
         bar = _bar(-(-len(x_train) // config.classifier_batch_size), f"epoch {epoch + 1}/{config.backprop_epochs}",
@@ -227,17 +230,19 @@ def train_backprop(net: HebbianCNN, x: tuple[Tensor, Tensor], y: tuple[Tensor, T
         net.eval()
         test_acc = _accuracy(lambda b: net(b.to(device)), x_test, y_test, config.eval_batch_size)
         history.append({"epoch": epoch + 1, "lr": config.backprop_lr, "train_loss": loss_sum / len(x_train),
-                        "train_acc": correct / len(x_train), "test_acc": test_acc})
-        log.info("backprop epoch %d/%d: train acc %.4f, test acc %.4f", epoch + 1, config.backprop_epochs,
-                 history[-1]["train_acc"], test_acc)
+                        "train_acc": correct / len(x_train), "test_acc": test_acc,
+                        "seconds": time.perf_counter() - epoch_start})
+        log.info("backprop epoch %d/%d: train acc %.4f, test acc %.4f (%.0f s)", epoch + 1, config.backprop_epochs,
+                 history[-1]["train_acc"], test_acc, history[-1]["seconds"])
         if state_path is not None:
-            keys = list(history[0])
+            keys = list(history[-1])  # rows saved by an older version may lack "seconds": NaN there
             rng = {"rng": torch.get_rng_state()}
             if device.type == "cuda":
                 rng["cuda_rng"] = torch.cuda.get_rng_state(device)
             save_torch({"net": net.state_dict(), "optimizer": optimizer.state_dict(), "generator": gen.get_state(),
                         **rng, "history_keys": keys,
-                        "history": torch.tensor([[row[k] for k in keys] for row in history], dtype=torch.float64)},
+                        "history": torch.tensor([[row.get(k, math.nan) for k in keys] for row in history],
+                                                dtype=torch.float64)},
                        state_path)
     return history
 
@@ -272,9 +277,17 @@ def run_hebbian(config: HebbianConfig, resume: bool = False) -> HebbianResult:
     """Run one setup end to end (see the module docstring); returns its results."""
     config.validate()
     out = Path(config.out)
-    if (out / "results.json").exists():
-        raise ConfigError(f"{out} already holds a finished hebbian run; choose another --out")
     saved_layers, saved_backprop = out / "hebbian_layers.pt", out / "backprop_state.pt"
+    previous = None  # the results of a finished backprop run that --resume takes to more epochs
+    if (out / "results.json").exists():
+        if not (resume and config.learning == "backprop" and saved_backprop.exists()):
+            raise ConfigError(f"{out} already holds a finished hebbian run; choose another --out (a finished "
+                              f"backprop run goes on to more epochs with --resume --epochs N)")
+        previous = json.loads((out / "results.json").read_text())
+        done = previous.get("epochs", len(pd.read_csv(out / "train_log.csv")))
+        if config.backprop_epochs <= done:
+            raise ConfigError(f"{out} already holds {done} backprop epochs; ask for more with --resume --epochs N "
+                              f"(N > {done})")
     if unfinished(out) and not resume:
         raise ConfigError(f"{out} holds an unfinished hebbian run; add --resume to continue it or choose another --out")
     device = resolve_device(config.device)
@@ -292,7 +305,7 @@ def run_hebbian(config: HebbianConfig, resume: bool = False) -> HebbianResult:
                "parameters": sum(p.numel() for p in net.parameters())}, out / "run_info.json")
     log.info("%s (%s): %d training and %d test images, %d features, device %s", config.setup, config.learning,
              len(train), len(test), net.feature_dim, device)
-    timings, extra = {}, {}
+    timings, extra, earlier = {}, {}, 0.0  # earlier: seconds spent by the invocations this one resumes
     if config.learning in ("hebbian", "none"):
         if config.learning == "none":
             log.info("learning none: the convolutions keep their random initialisation (a control)")
@@ -320,7 +333,16 @@ def run_hebbian(config: HebbianConfig, resume: bool = False) -> HebbianResult:
         start = time.perf_counter()
         history = train_backprop(net, (x_train, x_test), (train.labels, test.labels), config, device,
                                  state_path=saved_backprop, resume=resume)
-        timings["backprop_seconds"] = time.perf_counter() - start
+        this_call = time.perf_counter() - start
+        # earlier epochs' time: the finished run's record, else the resumed rows' own seconds
+        seconds = [row.get("seconds", math.nan) for row in history]
+        before = previous["backprop_seconds"] if previous else max(0.0, math.fsum(seconds) - this_call)
+        if not math.isfinite(before):
+            log.warning("the resumed epochs' time is unknown (saved by an older bionas): backprop_seconds and "
+                        "wall_seconds count this run only")
+            before = 0.0
+        timings["backprop_seconds"] = before + this_call
+        earlier = before + previous["wall_seconds"] - previous["backprop_seconds"] if previous else before
     frame = pd.DataFrame(history)
     save_csv(frame, out / "train_log.csv")
     _plot(frame, config, out)
@@ -328,7 +350,7 @@ def run_hebbian(config: HebbianConfig, resume: bool = False) -> HebbianResult:
     results = {"setup": config.setup, "learning": config.learning, "test_acc": float(frame["test_acc"].iloc[-1]),
                "best_test_acc": float(frame["test_acc"].iloc[best]), "best_epoch": int(frame["epoch"].iloc[best]),
                "epochs": len(frame), "train_images": len(train), "test_images": len(test), **extra, **timings,
-               "wall_seconds": time.perf_counter() - start_all}
+               "wall_seconds": time.perf_counter() - start_all + earlier}
     save_json(results, out / "results.json")
     return HebbianResult(results, frame, out)
 
