@@ -34,11 +34,10 @@ PAPER = {"softhebb": 79.2, "hard_wta_instar": 74.8, "hard_wta_instar_no_norm": 7
          "backprop": 77.7, "random_features": None}
 
 
-def filters_trained(run_dir: Path, results: dict) -> list[float] | None:
-    """results.json's moved_filters; for runs older than that field, recomputed from the saved
-    layers against the initial weights their config rebuilds (the initialisation is seeded)."""
-    if "moved_filters" in results:
-        return results["moved_filters"]
+def filters_trained(run_dir: Path, results: dict, angles=(1.0, 10.0)) -> dict[float, list[float]] | None:
+    """Per angle, each layer's fraction of filters the Hebbian phase turned by more than that many
+    degrees, from the saved layers against the initial weights their config rebuilds (the
+    initialisation is seeded). > 1 degree: touched by the rule at all; > 10: substantially trained."""
     saved = run_dir / "hebbian_layers.pt"
     if results["learning"] != "hebbian" or not saved.exists():
         return None
@@ -46,7 +45,7 @@ def filters_trained(run_dir: Path, results: dict) -> list[float] | None:
     net = HebbianCNN(3, 10, 32, config)
     initial = {name: layer.weight.detach().clone() for name, layer in rule_layers(net)}
     net.blocks.load_state_dict(torch.load(saved, map_location="cpu", weights_only=True))
-    return moved_filters(initial, net)
+    return {angle: moved_filters(initial, net, angle) for angle in angles}
 
 
 def main() -> None:
@@ -76,13 +75,14 @@ def main() -> None:
             moved = filters_trained(out / setup, r)
             rows.append({"setup": setup, "learning": r["learning"], "test_acc": r["test_acc"],
                          "best_test_acc": r["best_test_acc"], "best_epoch": r["best_epoch"], "epochs": len(pd.read_csv(out / setup / "train_log.csv")),
-                         "filters_trained": "/".join(f"{100 * f:.0f}%" for f in moved) if moved else "-",
+                         "filters_trained": " · ".join("/".join(f"{100 * f:.0f}" for f in fractions)
+                                                       for fractions in moved.values()) if moved else "-",
                          "paper_acc": PAPER.get(setup), "train_images": r["train_images"],
                          "test_images": r["test_images"], "wall_seconds": r["wall_seconds"]})
     table = pd.DataFrame(rows)
     save_csv(table, out / "results.csv")
     lines = ["| setup | learning | epochs | test acc (last epoch) | best epoch's test acc | paper | "
-             "filters trained (layers 1/2/3) | wall time |",
+             "% filters turned > 1° · > 10° (layers 1/2/3) | wall time |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         paper = f"{r['paper_acc']:.1f}%" if r["paper_acc"] is not None else "-"
