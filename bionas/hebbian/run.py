@@ -342,7 +342,7 @@ def run_hebbian(config: HebbianConfig, resume: bool = False) -> HebbianResult:
                         "wall_seconds count this run only")
             before = 0.0
         timings["backprop_seconds"] = before + this_call
-        earlier = before + previous["wall_seconds"] - previous["backprop_seconds"] if previous else before
+        earlier = previous["wall_seconds"] if previous else before
     frame = pd.DataFrame(history)
     save_csv(frame, out / "train_log.csv")
     _plot(frame, config, out)
@@ -355,5 +355,5 @@ def run_hebbian(config: HebbianConfig, resume: bool = False) -> HebbianResult:
     return HebbianResult(results, frame, out)
 
 
-__all__ = ["run_hebbian", "unfinished", "moved_filters", "HebbianResult", "preprocess", "hebbian_phase", "extract_features", "train_readout",
-           "train_backprop", "classifier_lr"]
+__all__ = ["run_hebbian", "unfinished", "moved_filters", "HebbianResult", "preprocess", "hebbian_phase",
+           "extract_features", "train_readout", "train_backprop", "classifier_lr"]
