@@ -26,11 +26,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bionas import rules
 from bionas.hebbian.config import HebbianConfig
+from bionas.rules.conv_local import apply_surround
 
 KERNELS = (5, 3, 3)
 POWERS = (0.7, 1.4, 1.0)
@@ -61,8 +61,7 @@ class Surround(nn.Module):
         self.register_buffer("kernel", kernel.detach().clone().float(), persistent=False)
 
     def forward(self, u: Tensor) -> Tensor:
-        k = self.kernel.shape[-1]
-        return F.conv2d(u, self.kernel.to(u.dtype).expand(u.shape[1], 1, k, k), padding=k // 2, groups=u.shape[1])
+        return apply_surround(u, self.kernel)
 
     def extra_repr(self) -> str:
         return f"size={self.kernel.shape[-1]}"
@@ -82,14 +81,11 @@ class HebbianCNN(nn.Module):
                     conv.weight.normal_(0.0, 25 / math.sqrt(conv.weight[0].numel()), generator=gen)
                 else:  # PyTorch's default Conv2d initialisation (Kaiming uniform, a = sqrt(5)), seeded
                     nn.init.kaiming_uniform_(conv.weight, a=math.sqrt(5), generator=gen)
-            layers = [nn.BatchNorm2d(widths[i], affine=False)]
             if config.learning == "hebbian":
                 conv = rules.convert(conv, "hebbian", seed=config.seed + i, **config.layers[i])
-                layers.append(conv)
-                if config.surround_forward and conv.rule.surround:
-                    layers.append(Surround(conv.rule.surround_kernel))
-            else:
-                layers.append(conv)
+            layers = [nn.BatchNorm2d(widths[i], affine=False), conv]
+            if config.learning == "hebbian" and config.surround_forward and conv.rule.surround:
+                layers.append(Surround(conv.rule.surround_kernel))
             blocks.append(nn.Sequential(*layers, Triangle(POWERS[i]), pools[i]))
         self.blocks = nn.Sequential(*blocks)
         self.feature_dim = widths[-1] * (image_size // 8) ** 2

@@ -284,7 +284,7 @@ def run_hebbian(config: HebbianConfig, resume: bool = False) -> HebbianResult:
             raise ConfigError(f"{out} already holds a finished hebbian run; choose another --out (a finished "
                               f"backprop run goes on to more epochs with --resume --epochs N)")
         previous = json.loads((out / "results.json").read_text())
-        done = previous.get("epochs", len(pd.read_csv(out / "train_log.csv")))
+        done = previous["epochs"] if "epochs" in previous else len(pd.read_csv(out / "train_log.csv"))
         if config.backprop_epochs <= done:
             raise ConfigError(f"{out} already holds {done} backprop epochs; ask for more with --resume --epochs N "
                               f"(N > {done})")

@@ -84,3 +84,10 @@ def dog_kernel(size: int, sigma_e: float, sigma_i: float) -> Tensor:
     bracket = (torch.exp(-d2 / (2 * sigma_e**2)) / (2 * torch.pi * sigma_e**2)
                - torch.exp(-d2 / (2 * sigma_i**2)) / (2 * torch.pi * sigma_i**2))
     return bracket / bracket[size // 2, size // 2]
+
+
+def apply_surround(a: Tensor, kernel: Tensor) -> Tensor:
+    """Every channel of ``a`` (N, C, H, W) convolved with the same ``kernel`` (k x k, "same"
+    padding): the DoG lateral inhibition, depthwise."""
+    k = kernel.shape[-1]
+    return F.conv2d(a, kernel.to(a.dtype).expand(a.shape[1], 1, k, k), padding=k // 2, groups=a.shape[1])

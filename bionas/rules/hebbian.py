@@ -56,7 +56,7 @@ from torch import Tensor, nn
 
 from bionas.errors import ConfigError
 from bionas.rules.base import LocalRule
-from bionas.rules.conv_local import correlate, dog_kernel, global_sum, patch_norms
+from bionas.rules.conv_local import apply_surround, correlate, dog_kernel, global_sum, patch_norms
 from bionas.rules.registry import RULES
 
 UPDATES = ("outer", "instar", "bcm", "softhebb")
@@ -116,9 +116,7 @@ class HebbianRule(LocalRule):
             w_norm = layer.weight.flatten(1).norm(dim=1).clamp_min(_EPS)  # (C_out,)
             a = u / (patch_norms(layer, x) * w_norm[None, :, None, None])
         if self.surround:
-            k = self.surround_kernel.shape[-1]
-            kernel = self.surround_kernel.to(a.dtype).expand(a.shape[1], 1, k, k)
-            a = F.conv2d(a, kernel, padding=k // 2, groups=a.shape[1])
+            a = apply_surround(a, self.surround_kernel)
         return a
 
     def compete(self, a: Tensor) -> Tensor:
