@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bionas import rules
-from bionas.errors import BionasError
+from bionas.errors import BionasError, ConfigError
 
 
 INITS = ("xavier", "torch")
@@ -29,6 +29,19 @@ def initialise_weights(model: nn.Module, init: str, generator: torch.Generator) 
                     nn.init.kaiming_uniform_(m.weight, a=5 ** 0.5, generator=generator)
                 if m.bias is not None:
                     m.bias.zero_()
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when available, else the CPU) or a torch device string (``cpu``, ``cuda:1``)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device cuda was asked for but CUDA is not available; use --device cpu")
+    return device
 
 
 class TrainingDiverged(BionasError):

@@ -28,10 +28,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bionas.data import BatchLoader, load_dataset  # noqa: E402
 from bionas.io import save_csv  # noqa: E402
-from bionas.search import SupernetShape, load_space  # noqa: E402
+from bionas.space import SupernetShape, load_space  # noqa: E402
 from bionas.search.config import SearchConfig  # noqa: E402
 from bionas.search.darts import DartsStrategy  # noqa: E402
-from bionas.search.space import _weighted_layer_types  # noqa: E402
+from bionas.ops import has_weights  # noqa: E402
 from bionas.search.supernet import Supernet  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,7 +66,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-channels-last", action="store_true")
-    parser.add_argument("--fuse", action="store_true", help="fuse same-op candidates into grouped ops")
     parser.add_argument("--data-dir", default=os.environ.get("BIONAS_DATA") or str(REPO.parent / "shared/data/cifar10"))
     parser.add_argument("--out", default=str(REPO / "results" / "bench_search.csv"))
     args = parser.parse_args()
@@ -81,7 +80,7 @@ def main() -> None:
     for name in args.spaces:
         space = load_space(name)
         shape = SupernetShape(channels=args.channels, cells=args.cells, nodes=space.supernet.nodes)
-        model = Supernet(space, 3, 10, seed=0, shape=shape, fuse=args.fuse).to(device, memory_format=fmt)
+        model = Supernet(space, 3, 10, seed=0, shape=shape).to(device, memory_format=fmt)
         strategy = DartsStrategy(model, SearchConfig(order=args.order, epochs=1))
         strategy.step(train, val, 0)  # warm-up: allocator, oneDNN/cuDNN kernel choice
         runs[name] = dict(space=space, model=model, strategy=strategy, times=[])
@@ -106,7 +105,7 @@ def main() -> None:
     for name, run in runs.items():
         if device.type != "cuda":
             run["memory"] = activation_bytes(run["model"], *train)
-        weighted = sum(1 for c in run["space"].candidates if _weighted_layer_types(c.op))
+        weighted = sum(1 for c in run["space"].candidates if has_weights(c.op))
         rows.append({
             "space": name, "candidates": len(run["space"]), "weighted_candidates": weighted,
             "weights_M": sum(p.numel() for p in run["model"].weight_parameters()) / 1e6,
@@ -122,7 +121,6 @@ def main() -> None:
     table["memory_ratio"] = table["memory_MB"] / b["memory_MB"]
     for key, value in {"device": str(device), "channels": args.channels, "cells": args.cells, "batch": args.batch,
                        "order": args.order, "rounds": args.rounds, "channels_last": not args.no_channels_last,
-                       "fuse": args.fuse,
                        "threads": torch.get_num_threads()}.items():
         table[key] = value
     save_csv(table, args.out)

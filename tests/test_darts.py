@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from bionas import rules
-from bionas.search import SupernetShape, space_from_dict
+from bionas.space import SupernetShape, space_from_dict
 from bionas.search.config import SearchConfig
 from bionas.search.darts import DartsStrategy
 from bionas.search.strategy import preserved_batchnorm_statistics

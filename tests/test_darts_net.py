@@ -8,7 +8,8 @@ from bionas import rules
 from bionas.errors import BionasError
 from bionas.models.darts_net import NetworkCIFAR, NetworkImageNet
 from bionas.models.genotypes import GENOTYPES, resolve_genotype, with_random_rules, with_rule
-from bionas.search import Edge, Genotype, load_space
+from bionas.genotype import Edge, Genotype
+from bionas.space import load_space
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from bionas.rules.brsf import BatchwiseRandomSignFeedback
-from bionas.search import SupernetShape, load_genotype, load_space, run_search, space_from_dict
+from bionas.genotype import load_genotype
+from bionas.search import run_search
+from bionas.space import SupernetShape, load_space, space_from_dict
 from bionas.search.config import SearchConfig
 from bionas.search.eg import EvolutionaryStrategy, compound_fitness, similarity
 from bionas.search.supernet import Supernet

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from bionas.candidate import Candidate
-from bionas.search import (Edge, Genotype, GenotypeError, derive_cell, derive_genotype, edge_index, load_genotype,
-                           load_space, parse_darts_literal)
+from bionas.genotype import (Edge, Genotype, GenotypeError, derive_cell, derive_genotype, edge_index, load_genotype,
+                             parse_darts_literal)
+from bionas.space import load_space
 
 # DARTS V2 as published by Liu et al. (genotypes.py of the DARTS repository)
 DARTS_V2 = """Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1),

@@ -12,7 +12,7 @@ from torch import nn
 
 from bionas import rules
 from bionas.errors import ConfigError
-from bionas.search import SupernetShape, space_from_dict
+from bionas.space import SupernetShape, space_from_dict
 from bionas.search.config import SearchConfig
 from bionas.search.darts import DartsStrategy
 from bionas.search.eg import EvolutionaryStrategy

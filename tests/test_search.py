@@ -7,7 +7,9 @@ import yaml
 
 from bionas.cli import main
 from bionas.errors import BionasError, ConfigError
-from bionas.search import load_genotype, load_space, resolve_config, run_search
+from bionas.genotype import load_genotype
+from bionas.search import resolve_config, run_search
+from bionas.space import load_space
 from bionas.search.config import SearchConfig, parse_assignment
 from bionas.search.run import CHECKPOINT_FORMAT
 from conftest import Killed
@@ -59,7 +61,6 @@ def test_two_step_search_on_the_bionas_space_gives_a_valid_genotype(tmp_path, ci
 
 
 def test_outputs_logs_and_plots(tiny):
-    tiny = _replace(tiny, fuse_candidates=True)  # the fused supernet end to end
     result = run_search(tiny)
     out = result.out
     for name in ("config.yaml", "run_info.json", "checkpoint.pt", "search_log.csv", "arch_history.json", "genotype.json",

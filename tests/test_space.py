@@ -8,7 +8,7 @@ from torch import nn
 from bionas import rules
 from bionas.candidate import Candidate
 from bionas.errors import ConfigError, UnknownNameError
-from bionas.search import load_space, space_from_dict
+from bionas.space import load_space, space_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@ from torch import nn
 
 from bionas import rules
 from bionas.ops import FactorizedReduce
-from bionas.search import SupernetShape, load_space, space_from_dict
+from bionas.space import SupernetShape, load_space, space_from_dict
 from bionas.search.config import SearchConfig
 from bionas.search.darts import DartsStrategy
 from bionas.search.strategy import preserved_batchnorm_statistics
@@ -179,36 +179,24 @@ def test_evaluation_uses_batch_statistics_and_leaves_no_trace(images):
     assert acc == pytest.approx(float((logits.argmax(1) == y).float().mean()))
 
 
-def test_fused_candidates_compute_exactly_what_separate_ones_do(images):
-    """Same seed, fused or not: same outputs and gradients (double precision), per candidate too."""
-    from bionas.rules.brsf import BatchwiseRandomSignFeedback
-    from bionas.search.supernet import FusedCandidates
+def test_a_population_forward_equals_separate_forwards_and_keeps_running_statistics(images):
+    """P architectures in one pass == P training-mode passes, each with its own batch statistics."""
+    from bionas.search.strategy import no_feedback_redraws
 
-    x, y = images[0][:6].double(), images[1][:6]
-    space = space_from_dict(MIXED_RULES)
-    nets = {fuse: Supernet(space, 3, 10, seed=0, shape=SMALL, fuse=fuse).double() for fuse in (False, True)}
-    results = {}
-    for fuse, net in nets.items():
-        xi = x.clone().requires_grad_()
-        torch.nn.functional.cross_entropy(net(xi), y).backward()
-        results[fuse] = net, xi.grad
-    (plain, gx_plain), (fused, gx_fused) = results[False], results[True]
-    torch.testing.assert_close(gx_fused, gx_plain, rtol=1e-10, atol=1e-12)
-    for a, b in zip(fused.arch_parameters(), plain.arch_parameters()):
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12)
-    # sep_conv_3x3|fa and sep_conv_3x3|brsf (candidates 3, 4) became one op; its blocks are theirs
-    edge_f, edge_p = fused.cells[1].edges[0], plain.cells[1].edges[0]
-    slot = edge_f.slots.index((3, 4))
-    assert isinstance(edge_f.ops[slot], FusedCandidates)
-    stacked = edge_f.ops[slot].op.op[0].op[1]  # first depthwise convolution, (2C, 1, 3, 3)
-    assert stacked.rule.name == "fa+brsf" and stacked.groups == 2 * edge_p.ops[3].op[0].op[1].groups
-    for r, k in enumerate((3, 4)):
-        separate = edge_p.ops[k].op[0].op[1]
-        rows = slice(r * separate.out_channels, (r + 1) * separate.out_channels)
-        torch.testing.assert_close(stacked.weight.grad[rows], separate.weight.grad, rtol=1e-10, atol=1e-12)
-    # brSF still redraws once per training forward inside a stacked layer
-    part = next(m for m in stacked.rule.parts if isinstance(m, BatchwiseRandomSignFeedback))
-    before = part.draws
-    fused(x)
-    assert part.draws == before + 1
-    assert sum(isinstance(m, FusedCandidates) for m in fused.modules()) == 3 * 14  # one group per edge
+    x = images[0][:6].double()
+    net = Supernet(space_from_dict(MIXED_RULES), 3, 10, seed=0, shape=SMALL).double().train()
+    E, K = net.alpha_normal.shape
+    gen = torch.Generator().manual_seed(1)
+    normal = torch.softmax(torch.randn(3, E, K, generator=gen, dtype=torch.float64), -1)
+    reduce = torch.softmax(torch.randn(3, E, K, generator=gen, dtype=torch.float64), -1)
+    cells = net.cells  # the stem sees one ordinary batch and updates its statistics as usual
+    stats = {k: v.clone() for k, v in cells.state_dict().items() if "running" in k}
+    with torch.no_grad(), no_feedback_redraws(net):
+        together = net(x, (normal, reduce))  # (3, 6, 10)
+        after_population = {k: v.clone() for k, v in cells.state_dict().items() if "running" in k}
+        apart = torch.stack([net(x, (normal[p], reduce[p])) for p in range(3)])
+    torch.testing.assert_close(together, apart, rtol=1e-9, atol=1e-11)
+    assert stats  # the cells hold batch norms with running statistics
+    for k, v in stats.items():  # the population pass left every running statistic of the cells alone
+        torch.testing.assert_close(after_population[k], v, rtol=0, atol=0)
+    assert all(bn.population == 0 for bn in net._population_bns)  # switched back off

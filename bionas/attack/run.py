@@ -43,7 +43,7 @@ from bionas.errors import ConfigError
 from bionas.io import atomic_open, save_csv, save_json
 from bionas.rules.base import FeedbackRule
 from bionas.rules.convert import rule_layers
-from bionas.search.run import resolve_device
+from bionas.engine import resolve_device
 from bionas.train.model import Trained, load_trained
 
 log = logging.getLogger(__name__)

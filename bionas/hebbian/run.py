@@ -47,7 +47,7 @@ from bionas.hebbian.config import HebbianConfig
 from bionas.hebbian.network import HebbianCNN
 from bionas.hebbian.whitening import ZCA
 from bionas.io import atomic_open, save_csv, save_figure, save_json, save_torch
-from bionas.search.run import resolve_device
+from bionas.engine import resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from bionas.ops import FactorizedReduce, ReLUConvBN
 from bionas.rules.base import layer_seed
-from bionas.search.genotype import Genotype
+from bionas.genotype import Genotype
 
 
 def drop_path(x: Tensor, drop_prob: float, generator: torch.Generator, shard: tuple[int, int] = (0, 1)) -> Tensor:

@@ -1,7 +1,7 @@
 """Published genotypes by name, and the rule overrides of the BioNAS ablations.
 
 ``GENOTYPES`` holds DARTS-style literals (parsed safely by
-:func:`bionas.search.genotype.parse_darts_literal`); bare ops mean ``bp``. ``resolve_genotype``
+:func:`bionas.genotype.parse_darts_literal`); bare ops mean ``bp``. ``resolve_genotype``
 takes a registered name or a file (JSON or literal). ``with_rule`` retrains a genotype with one rule
 on every edge ("same learning rule end to end", BioNAS section 4); ``with_random_rules`` draws each
 weighted edge's rule from those a space allows for its op.
@@ -14,8 +14,9 @@ from pathlib import Path
 
 from bionas.errors import UnknownNameError
 from bionas.registry import Registry
-from bionas.search.genotype import Genotype, load_genotype, parse_darts_literal
-from bionas.search.space import SearchSpace, _weighted_layer_types, check_pair
+from bionas.genotype import Genotype, load_genotype, parse_darts_literal
+from bionas.ops import has_weights
+from bionas.space import SearchSpace, check_pair
 
 GENOTYPES: Registry[str] = Registry("genotype")
 
@@ -43,18 +44,14 @@ def resolve_genotype(name_or_path: str | Path, space: SearchSpace | None = None)
     return load_genotype(path, space)
 
 
-def _weighted(op: str) -> bool:
-    return bool(_weighted_layer_types(op))
-
-
 def with_rule(genotype: Genotype, rule: str) -> Genotype:
     """Every edge whose op has weights learns by ``rule``; ops without weights stay bare (``bp``)."""
     def edges(es):
         out = []
         for e in es:
-            if _weighted(e.op):
+            if has_weights(e.op):
                 check_pair(e.op, rule)
-            out.append(dataclasses.replace(e, rule=rule if _weighted(e.op) else "bp"))
+            out.append(dataclasses.replace(e, rule=rule if has_weights(e.op) else "bp"))
         return tuple(out)
     return dataclasses.replace(genotype, normal=edges(genotype.normal), reduce=edges(genotype.reduce), weights=None)
 
@@ -69,7 +66,7 @@ def with_random_rules(genotype: Genotype, space: SearchSpace, seed: int) -> Geno
     def edges(es):
         out = []
         for e in es:
-            if not _weighted(e.op):
+            if not has_weights(e.op):
                 out.append(dataclasses.replace(e, rule="bp"))
                 continue
             if e.op not in allowed:

@@ -3,6 +3,8 @@
 ``create_op(name, C, stride, affine)`` builds ordinary torch layers; pair it with a learning rule
 through :class:`bionas.candidate.Candidate`. Adding an op is one file plus one import below.
 """
+from functools import lru_cache
+
 from torch import nn
 
 from bionas.ops.registry import OPS  # noqa: I001  (registry first: op files use it)
@@ -19,4 +21,22 @@ def create_op(name: str, C: int, stride: int, affine: bool = True) -> nn.Module:
     return OPS.get(name)(C, stride, affine)
 
 
-__all__ = ["OPS", "create_op", "Zero", "FactorizedReduce", "ReLUConvBN", "DilConv", "SepConv"]
+@lru_cache(maxsize=None)
+def weighted_layer_types(name: str) -> frozenset[type]:
+    """The torch layer types with weights (``nn.Conv2d``, ``nn.Linear``) in op ``name`` at stride 1
+    or 2: what a learning rule would convert. Empty for weightless ops (pooling, skip, none),
+    which therefore take no rule."""
+    found = set()
+    for stride in (1, 2):
+        for m in create_op(name, 4, stride).modules():
+            if type(m) in (nn.Conv2d, nn.Linear):
+                found.add(type(m))
+    return frozenset(found)
+
+
+def has_weights(name: str) -> bool:
+    """Whether op ``name`` has layers a learning rule can learn."""
+    return bool(weighted_layer_types(name))
+
+
+__all__ = ["OPS", "create_op", "weighted_layer_types", "has_weights", "Zero", "FactorizedReduce", "ReLUConvBN", "DilConv", "SepConv"]

@@ -2,8 +2,6 @@
 
 All are ReLU -> convolution(s) -> BatchNorm stacks of ordinary ``nn.Conv2d``; a learning rule,
 applied afterwards by :func:`bionas.rules.convert`, decides how those convolutions learn.
-``channel_blocks_safe`` says a block's forward only chains its children, so a search supernet may
-stack several copies of it into one grouped op (:class:`bionas.search.supernet.FusedCandidates`).
 """
 from torch import Tensor, nn
 
@@ -12,8 +10,6 @@ from bionas.ops.registry import OPS
 
 class ReLUConvBN(nn.Module):
     """ReLU, one convolution, BatchNorm (the cells' input pre-processing)."""
-
-    channel_blocks_safe = True  # children applied in sequence, channel by channel or grouped
 
     def __init__(self, C_in: int, C_out: int, kernel_size: int, stride: int, padding: int, affine: bool = True):
         super().__init__()
@@ -29,8 +25,6 @@ class ReLUConvBN(nn.Module):
 
 class DilConv(nn.Module):
     """ReLU, depthwise dilated KxK convolution, pointwise 1x1 convolution, BatchNorm."""
-
-    channel_blocks_safe = True  # children applied in sequence, channel by channel or grouped
 
     def __init__(self, C_in: int, C_out: int, kernel_size: int, stride: int, padding: int,
                  dilation: int, affine: bool = True):
@@ -49,8 +43,6 @@ class DilConv(nn.Module):
 
 class SepConv(nn.Module):
     """Two stacked depthwise-separable convolutions (the first carries the stride)."""
-
-    channel_blocks_safe = True  # children applied in sequence, channel by channel or grouped
 
     def __init__(self, C_in: int, C_out: int, kernel_size: int, stride: int, padding: int, affine: bool = True):
         super().__init__()

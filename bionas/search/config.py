@@ -28,7 +28,6 @@ class SearchConfig:
     cells: int | None = None  # nodes per cell belong to the space (its genotypes have that many)
     rule_options: dict = field(default_factory=dict)  # {rule: {option: value}}
     init: str = "xavier"  # BioNAS section 3.4: Xavier initialisation
-    fuse_candidates: bool = False  # one grouped op per (op, several rules) group; see Supernet(fuse=)
     # data: DARTS splits the training set in two, one half for the weights, one for the architecture
     dataset: str = "auto"
     data_dir: str | None = None

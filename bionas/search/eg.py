@@ -36,7 +36,7 @@ towards it. Reconstructed where the paper and release disagree with the issue's 
   sides are centred logits, so the similarity ignores what softmax ignores.
 
 Candidates are scored without gradients, with batch statistics computed per candidate
-(:func:`~bionas.search.supernet.population_batchnorm`, ``eg_score_chunk`` candidates per forward)
+(a population forward of the supernet, ``eg_score_chunk`` candidates at a time)
 and nothing left behind: running statistics, random feedback draws and local-rule weights are
 untouched.
 """
@@ -53,7 +53,6 @@ from torch import Tensor
 from bionas.rules.base import layer_seed
 from bionas.search.strategy import (STRATEGIES, Batch, SearchStrategy, no_feedback_redraws,
                                     preserved_batchnorm_statistics)
-from bionas.search.supernet import population_batchnorm
 
 
 def similarity(current: Tensor, candidates: Tensor) -> Tensor:
@@ -166,8 +165,7 @@ class EvolutionaryStrategy(SearchStrategy):
         model.train()
         with preserved_batchnorm_statistics(model), no_feedback_redraws(model):
             for chunk in weights.split(self.config.eg_score_chunk):
-                with population_batchnorm(model, len(chunk)):
-                    out = model(x, (chunk[:, 0], chunk[:, 1]))  # (p, B, classes)
+                out = model(x, (chunk[:, 0], chunk[:, 1]))  # (p, B, classes), per-candidate batch statistics
                 target = y.expand(len(chunk), -1)
                 ces.append(F.cross_entropy(out.flatten(0, 1), target.flatten(), reduction="none")
                            .view(len(chunk), -1).mean(1))

@@ -11,7 +11,7 @@ import numpy as np
 
 from bionas.candidate import Candidate
 from bionas.io import save_figure
-from bionas.search.genotype import Genotype, edge_index
+from bionas.genotype import Genotype, edge_index
 
 RULE_STYLES = {"bp": "-", "fa": ":", "usf": "--", "brsf": "-.", "frsf": (0, (5, 1, 1, 1, 1, 1))}
 RULE_COLOURS = {"bp": "#444444", "fa": "#1f77b4", "usf": "#d62728", "brsf": "#2ca02c", "frsf": "#9467bd"}

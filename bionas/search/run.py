@@ -29,12 +29,13 @@ import yaml
 
 import bionas
 from bionas.data import TRAIN_AUGMENTATION, BatchLoader, BatchStream, load_dataset, resolve_dataset_name, search_split
+from bionas.engine import resolve_device
 from bionas.errors import ConfigError
 from bionas.io import atomic_open, checkpoint_to_resume, save_csv, save_json, save_torch
 from bionas.configs.options import check_resume
 from bionas.search.config import SearchConfig, apply_options
-from bionas.search.genotype import Genotype
-from bionas.search.space import load_space
+from bionas.genotype import Genotype
+from bionas.space import load_space
 from bionas.search.strategy import STRATEGIES, evaluate_supernet
 from bionas.search.supernet import Supernet
 
@@ -48,15 +49,6 @@ class SearchResult:
     genotype: Genotype
     history: pd.DataFrame  # one row per epoch
     out: Path
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device cuda was asked for but CUDA is not available; use --device cpu")
-    return device
 
 
 class _Search:
@@ -92,8 +84,7 @@ class _Search:
 
         torch.manual_seed(config.seed)  # nothing should draw from it, but keep any stray use repeatable
         self.model = Supernet(self.space, data.channels, data.num_classes, seed=config.seed, shape=self.shape,
-                              rule_options=config.rule_options, init=config.init,
-                              fuse=config.fuse_candidates).to(self.device)
+                              rule_options=config.rule_options, init=config.init).to(self.device)
         self.model = self.model.to(memory_format=self.memory_format)
         self.strategy = STRATEGIES.get(config.method)(self.model, config)
         self.history: list[dict] = []

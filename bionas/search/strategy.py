@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from bionas import rules
 from bionas.engine import check_finite
 from bionas.registry import Registry
-from bionas.search.genotype import Genotype
+from bionas.genotype import Genotype
 
 STRATEGIES: Registry[type["SearchStrategy"]] = Registry("search method")
 

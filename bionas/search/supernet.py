@@ -18,8 +18,6 @@ the pre-processing layers and the classifier are not searched and learn by backp
 """
 from __future__ import annotations
 
-import copy
-from contextlib import contextmanager
 from typing import Iterator, Sequence
 
 import torch
@@ -31,11 +29,9 @@ from bionas.engine import INITS, initialise_weights
 from bionas.errors import ConfigError
 from bionas.ops import FactorizedReduce, ReLUConvBN
 from bionas.ops.pooling import POOLING_OPS
-from bionas.rules.base import FeedbackRule, layer_seed
-from bionas.rules.layers import RuleConv2d
-from bionas.rules.partitioned import PartitionedFeedback
-from bionas.search.genotype import Genotype, derive_genotype, edge_index
-from bionas.search.space import SearchSpace, SupernetShape
+from bionas.rules.base import layer_seed
+from bionas.genotype import Genotype, derive_genotype, edge_index
+from bionas.space import SearchSpace, SupernetShape
 
 
 # a pair of (edges, candidates) mixing-weight tensors: one for normal cells, one for reductions
@@ -51,74 +47,43 @@ def _weighted(y: Tensor, w: Tensor) -> Tensor:
     return (y.view(P, -1, *y.shape[1:]) * w.view(P, *([1] * y.dim()))).view(y.shape)
 
 
-class NotStackable(Exception):
-    """An op whose copies cannot be computed side by side as one wider op."""
+class PopulationBatchNorm2d(nn.BatchNorm2d):
+    """Batch norm that can also normalise a *population* batch: with ``population = P`` set (by
+    :meth:`Supernet.forward` for population weights) and in training mode, each of the ``P``
+    consecutive chunks of the batch is normalised by its own statistics -- what ``P`` separate
+    forward passes would do -- and the running statistics are left untouched. With
+    ``population = 0`` it is ``nn.BatchNorm2d`` (same parameters, buffers and state-dict keys)."""
+
+    population = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.population and self.training):
+            return super().forward(x)
+        P = self.population
+        xv = x.view(P, -1, *x.shape[1:])  # (P, B, C, H, W)
+        mean = xv.mean(dim=(1, 3, 4), keepdim=True)
+        var = xv.var(dim=(1, 3, 4), unbiased=False, keepdim=True)
+        y = ((xv - mean) * torch.rsqrt(var + self.eps)).view(x.shape)
+        if self.affine:
+            y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return y
 
 
-def _stack(copies: Sequence[nn.Module]) -> nn.Module:
-    """One module computing ``copies`` (same structure, own weights and rules) side by side: on an
-    input of ``R`` channel blocks it returns their ``R`` outputs as channel blocks.
-
-    Convolutions become grouped convolutions with ``R`` times the groups and channels (block
-    diagonal, so no block sees another), batch norms get ``R`` times the channels (statistics are
-    per channel anyway), ReLUs stay. Containers must apply their children in sequence: plain
-    ``nn.Sequential`` and op classes that declare ``channel_blocks_safe = True``. Anything else
-    raises :class:`NotStackable`.
-    """
-    first, R = copies[0], len(copies)
-    if any(type(m) is not type(first) for m in copies):
-        raise NotStackable("copies differ in structure")
-    if isinstance(first, RuleConv2d):
-        if not all(isinstance(m.rule, FeedbackRule) for m in copies) or first.bias is not None:
-            raise NotStackable("only bias-free convolutions with feedback rules stack")
-        conv = nn.Conv2d(R * first.in_channels, R * first.out_channels, first.kernel_size, first.stride,
-                         first.padding, first.dilation, R * first.groups, bias=False, padding_mode=first.padding_mode,
-                         device="meta")
-        conv.weight = nn.Parameter(torch.cat([m.weight.detach() for m in copies], dim=0))  # (R*out, in/g, k, k)
-        return RuleConv2d.from_module(conv, PartitionedFeedback([m.rule for m in copies], first.out_channels))
-    if type(first) is nn.BatchNorm2d:
-        bn = nn.BatchNorm2d(R * first.num_features, first.eps, first.momentum, first.affine, first.track_running_stats)
-        with torch.no_grad():
-            for name, tensor in [*bn.named_parameters(), *bn.named_buffers()]:
-                parts = [getattr(m, name) for m in copies]
-                tensor.copy_(parts[0] if tensor.dim() == 0 else torch.cat(parts))  # num_batches_tracked: shared
-        return bn
-    if type(first) is nn.ReLU:
-        return nn.ReLU(inplace=False)
-    if type(first) is nn.Sequential or getattr(type(first), "channel_blocks_safe", False):
-        out = copy.deepcopy(first)
-        for name, _ in first.named_children():
-            setattr(out, name, _stack([m.get_submodule(name) for m in copies]))
-        return out
-    raise NotStackable(f"{type(first).__name__} does not stack")
-
-
-class FusedCandidates(nn.Module):
-    """``R`` candidates sharing an op but not a rule, computed as one op of ``R`` times the
-    channels (see :mod:`bionas.rules.partitioned`): the same function, weights and rules as the
-    ``R`` separate modules, in a fraction of the kernel calls."""
-
-    def __init__(self, op: nn.Module, copies: int):
-        super().__init__()
-        self.op, self.copies = op, copies
-
-    def forward(self, x: Tensor, weights: Tensor) -> Tensor:
-        # x: (N, C, H, W); weights: (R,), or (P, R) for a population -> sum_r w_r (copy r)(x), (N, C, H', W')
-        y = self.op(torch.cat([x] * self.copies, dim=1))  # (N, R*C, H', W'); cat keeps channels-last
-        N, _, H, W = y.shape
-        y = y.view(N, self.copies, -1, H, W)  # (N, R, C, H', W')
-        if weights.dim() == 1:
-            return (y * weights.view(1, -1, 1, 1, 1)).sum(1)
-        P = weights.shape[0]
-        return (y.view(P, N // P, self.copies, -1, H, W) * weights.view(P, 1, -1, 1, 1, 1)).sum(2).view(N, -1, H, W)
+def _with_population_batchnorm(module: nn.Module) -> None:
+    """Replace every ``nn.BatchNorm2d`` below ``module`` by a :class:`PopulationBatchNorm2d`
+    holding the same parameters and buffers."""
+    for name, child in module.named_children():
+        if type(child) is nn.BatchNorm2d:
+            bn = PopulationBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                       child.track_running_stats)
+            bn.load_state_dict(child.state_dict())
+            setattr(module, name, bn)
+        else:
+            _with_population_batchnorm(child)
 
 
 class MixedEdge(nn.Module):
-    """``sum_k w_k o_k(x)`` over the candidates; ``o_k`` is candidate ``k``'s op learning by its rule.
-
-    After :meth:`fuse`, candidates that share an op and learn by feedback rules run as one
-    :class:`FusedCandidates`; ``slots[i]`` lists the candidates module ``ops[i]`` computes.
-    """
+    """``sum_k w_k o_k(x)`` over the candidates; ``o_k`` is candidate ``k``'s op learning by its rule."""
 
     def __init__(self, candidates: Sequence[Candidate], C: int, stride: int, seed: int,
                  rule_options: dict[str, dict] | None = None):
@@ -132,43 +97,13 @@ class MixedEdge(nn.Module):
             if candidate.op in POOLING_OPS:  # DARTS: pooling outputs are not normalised otherwise
                 op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
             self.ops.append(op)
-        self.slots: list[tuple[int, ...]] = [(k,) for k in range(len(self.candidates))]
-
-    def fuse(self) -> None:
-        """Stack every group of two or more candidates with the same op and feedback rules."""
-        groups: dict[str, list[int]] = {}
-        for k, candidate in enumerate(self.candidates):
-            groups.setdefault(candidate.op, []).append(k)
-        ops, slots, done = [], [], set()
-        for k in range(len(self.candidates)):
-            if k in done:
-                continue
-            group = groups[self.candidates[k].op]
-            fused = None
-            if len(group) > 1:
-                try:
-                    fused = FusedCandidates(_stack([self.ops[j] for j in group]), len(group))
-                except NotStackable:
-                    fused = None
-            if fused is None:
-                ops.append(self.ops[k])
-                slots.append((k,))
-                done.add(k)
-            else:
-                ops.append(fused)
-                slots.append(tuple(group))
-                done.update(group)
-        self.ops, self.slots = nn.ModuleList(ops), slots
 
     def forward(self, x: Tensor, weights: Tensor) -> Tensor:
         # x: (N, C, H, W); weights: (K,), or (P, K) for a population of P architectures, each
         # owning N/P consecutive images -> (N, C, H/stride, W/stride)
         out = 0
-        for op, slot in zip(self.ops, self.slots):
-            if isinstance(op, FusedCandidates):
-                out = out + op(x, weights[..., list(slot)])
-            else:
-                out = out + _weighted(op(x), weights[..., slot[0]])
+        for k, op in enumerate(self.ops):
+            out = out + _weighted(op(x), weights[..., k])
         return out
 
 
@@ -201,7 +136,7 @@ class SearchCell(nn.Module):
 
 
 class Supernet(nn.Module):
-    """The search network of a :class:`~bionas.search.space.SearchSpace`.
+    """The search network of a :class:`~bionas.space.SearchSpace`.
 
     Args:
         space: the candidates of every edge, and the default cell structure.
@@ -214,18 +149,11 @@ class Supernet(nn.Module):
         rule_options: ``{rule: {option: value}}`` passed to the rules (e.g. ``{"usf": {"scale": 1.0}}``).
         init: ``"xavier"`` (Glorot-uniform weights, as the BioNAS paper) or ``"torch"`` (PyTorch's
             default Kaiming-uniform), both drawn from the seeded generator.
-        fuse: run the candidates of an edge that share an op (``sep_conv_3x3`` with ``fa``,
-            ``usf``, ...) as one grouped op (:class:`FusedCandidates`): the same function,
-            weights, rules and gradients in a quarter of the kernel calls. Built unfused first, so
-            both forms hold the same values for the same seed. Off by default: on a CPU (oneDNN)
-            grouped convolutions are slower than separate ones at search sizes (measured:
-            2x faster at 4 channels and batch 2, 1.3x slower at 16 channels, 5 cells, batch 32);
-            whether it pays on a GPU, where small kernels are launch-bound, is unmeasured.
     """
 
     def __init__(self, space: SearchSpace, in_channels: int, num_classes: int, seed: int = 0,
                  shape: SupernetShape | None = None, rule_options: dict[str, dict] | None = None,
-                 init: str = "xavier", fuse: bool = False):
+                 init: str = "xavier"):
         super().__init__()
         if init not in INITS:
             raise ConfigError(f"unknown init {init!r}; choose from {', '.join(INITS)}")
@@ -258,10 +186,8 @@ class Supernet(nn.Module):
         self.alpha_normal = nn.Parameter(1e-3 * torch.randn(E, K, generator=gen))
         self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(E, K, generator=gen))
         initialise_weights(self, init, gen)
-        if fuse:
-            for cell in self.cells:
-                for edge in cell.edges:
-                    edge.fuse()
+        _with_population_batchnorm(self.cells)
+        self._population_bns = [m for m in self.cells.modules() if isinstance(m, PopulationBatchNorm2d)]
 
     # --- parameters -----------------------------------------------------------------------------
     def arch_parameters(self) -> list[nn.Parameter]:
@@ -292,9 +218,10 @@ class Supernet(nn.Module):
         (``(normal, reduce)``, each (edges, candidates); default: softmax of the logits).
 
         A population: weights of shape (P, edges, candidates) score P architectures on the same
-        images in one pass and return (P, B, classes). The stem runs once; batch norms inside
-        the cells must then normalise each architecture's images separately
-        (:func:`population_batchnorm`) in training mode.
+        images in one pass and return (P, B, classes) -- what P forward passes would return. The
+        stem runs once; in training mode every batch norm of the cells normalises each
+        architecture's images by their own statistics and leaves its running statistics alone
+        (:class:`PopulationBatchNorm2d`).
         """
         normal, reduce = weights if weights is not None else self.mixing_weights()
         E, K = self.alpha_normal.shape
@@ -305,40 +232,13 @@ class Supernet(nn.Module):
         P = normal.shape[0] if normal.dim() == 3 else 0
         if P:
             s0 = s1 = torch.cat([s0] * P)  # (P*B, 3C, H, W): architecture p owns chunk p
-        for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, reduce if cell.reduction else normal)
+        for bn in self._population_bns:
+            bn.population = P
+        try:
+            for cell in self.cells:
+                s0, s1 = s1, cell(s0, s1, reduce if cell.reduction else normal)
+        finally:
+            for bn in self._population_bns:
+                bn.population = 0
         logits = self.classifier(self.pool(s1).flatten(1))  # (B, classes) or (P*B, classes)
         return logits.view(P, -1, logits.shape[-1]) if P else logits
-
-
-class _PopulationBatchNorm:
-    """A batch norm's forward that normalises each of ``P`` consecutive chunks of the batch with
-    that chunk's own statistics (what ``P`` separate forward passes would do), without touching
-    the running statistics."""
-
-    def __init__(self, bn: nn.modules.batchnorm._BatchNorm, population: int):
-        self.bn, self.population = bn, population
-
-    def __call__(self, x: Tensor) -> Tensor:
-        bn, P = self.bn, self.population
-        xv = x.view(P, -1, *x.shape[1:])  # (P, B, C, H, W)
-        mean = xv.mean(dim=(1, 3, 4), keepdim=True)
-        var = xv.var(dim=(1, 3, 4), unbiased=False, keepdim=True)
-        y = ((xv - mean) * torch.rsqrt(var + bn.eps)).view(x.shape)
-        if bn.affine:
-            y = y * bn.weight.view(1, -1, 1, 1) + bn.bias.view(1, -1, 1, 1)
-        return y
-
-
-@contextmanager
-def population_batchnorm(model: Supernet, population: int) -> Iterator[None]:
-    """Inside the block, every batch norm of ``model``'s cells uses per-architecture batch
-    statistics for a population forward of ``population`` architectures (training mode)."""
-    bns = [m for m in model.cells.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for bn in bns:
-        bn.forward = _PopulationBatchNorm(bn, population)
-    try:
-        yield
-    finally:
-        for bn in bns:
-            del bn.forward

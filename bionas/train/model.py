@@ -20,8 +20,8 @@ from bionas.models.darts_net import NetworkCIFAR, NetworkImageNet
 from bionas.models.genotypes import resolve_genotype, with_random_rules, with_rule
 from bionas.models.resnet import MODELS
 from bionas.rules.base import layer_seed
-from bionas.search.genotype import Genotype
-from bionas.search.space import load_space
+from bionas.genotype import Genotype
+from bionas.space import load_space
 from bionas.train.config import CELL_MODEL, TrainConfig
 
 CHECKPOINT_FORMAT = "bionas-train-checkpoint/1"

@@ -43,8 +43,8 @@ from bionas.data import (STREAMED_DATASETS, TRAIN_AUGMENTATION, BatchLoader, loa
 from bionas.engine import TrainingDiverged
 from bionas.errors import ConfigError
 from bionas.io import atomic_open, checkpoint_to_resume, save_csv, save_figure, save_json, save_torch
-from bionas.search.genotype import Genotype
-from bionas.search.run import resolve_device
+from bionas.genotype import Genotype
+from bionas.engine import resolve_device
 from bionas.train import distributed
 from bionas.train.config import TrainConfig, apply_options
 from bionas.train.model import CHECKPOINT_FORMAT, DataShape, WithAuxiliary, build_network, training_genotype

@@ -21,23 +21,20 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import yaml
-from torch import nn
 
 from bionas import ops, rules
 from bionas.candidate import Candidate
 from bionas.errors import ConfigError, UnknownNameError
 
 
-
 def spaces_dir() -> Path:
     """Where named spaces live: ``bionas/search_spaces`` in an installed wheel, else the
     repository's top-level ``search_spaces/`` (source checkouts and editable installs)."""
     here = Path(__file__).resolve()
-    for candidate in (here.parents[1] / "search_spaces", here.parents[2] / "search_spaces"):
+    for candidate in (here.parent / "search_spaces", here.parents[1] / "search_spaces"):
         if candidate.is_dir():
             return candidate
     raise ConfigError("no search_spaces/ folder found beside the bionas package; reinstall bionas")
@@ -92,26 +89,15 @@ class SearchSpace:
         by_op: dict[str, list[str]] = {}
         for c in self.candidates:
             rules_of_op = by_op.setdefault(c.op, [])
-            if _weighted_layer_types(c.op):
+            if ops.weighted_layer_types(c.op):
                 rules_of_op.append(c.rule)
         return {"name": self.name, "description": self.description, "candidates": by_op,
                 "supernet": dataclasses.asdict(self.supernet)}
 
 
-@lru_cache(maxsize=None)
-def _weighted_layer_types(op: str) -> frozenset[type]:
-    """Torch layer types with weights a rule would convert, in ``op`` at stride 1 or 2."""
-    found = set()
-    for stride in (1, 2):
-        for m in ops.create_op(op, 4, stride).modules():
-            if type(m) in (nn.Conv2d, nn.Linear):
-                found.add(type(m))
-    return frozenset(found)
-
-
 def check_pair(op: str, rule: str) -> None:
     """Raise :class:`ConfigError` unless ``rule`` can learn the weighted layers of ``op``."""
-    layer_types = _weighted_layer_types(op)
+    layer_types = ops.weighted_layer_types(op)
     rule_cls = rules.RULES.get(rule)
     if not layer_types:
         raise ConfigError(f"op {op!r} has no weights, so rule {rule!r} would do nothing; "
@@ -146,7 +132,7 @@ def space_from_dict(data: dict, source: str = "") -> SearchSpace:
         if not isinstance(op_rules, list) or not all(isinstance(r, str) for r in op_rules):
             raise ConfigError(f"search space {name!r}{where}: '{op}' must list rule names, got {op_rules!r}")
         if not op_rules:
-            if _weighted_layer_types(op):
+            if ops.weighted_layer_types(op):
                 raise ConfigError(f"search space {name!r}{where}: op {op!r} has weights; list the rules it "
                                   f"may learn by (e.g. [bp])")
             candidates.append(Candidate(op))

@@ -58,7 +58,7 @@ class Genotype:
 
     # --- checks -------------------------------------------------------------------------------
     def validate(self, space=None) -> "Genotype":
-        """Structural checks, and with a :class:`~bionas.search.space.SearchSpace` also that every
+        """Structural checks, and with a :class:`~bionas.space.SearchSpace` also that every
         (op, rule) is one of its candidates and the node count matches. Returns ``self``."""
         nodes = space.supernet.nodes if space is not None else None
         for cell, edges, concat in (("normal", self.normal, self.normal_concat),
