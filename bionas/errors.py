@@ -9,13 +9,13 @@ class BionasError(Exception):
     """Base class for user-facing errors (bad names, bad files, bad data)."""
 
 
-class UnknownNameError(BionasError, ValueError):
-    """A name (rule, op, dataset, ...) that is not registered."""
-
-
 class DataError(BionasError):
     """A dataset directory that is missing or not in a layout bionas reads."""
 
 
 class ConfigError(BionasError, ValueError):
     """An option or configuration value that cannot be used."""
+
+
+class UnknownNameError(ConfigError):
+    """A name (rule, op, dataset, ...) that is not registered."""

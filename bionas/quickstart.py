@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +20,7 @@ import bionas
 from bionas import rules
 from bionas.data import TRAIN_AUGMENTATION, BatchLoader, load_dataset, resolve_dataset_name
 from bionas.engine import evaluate, train_step
+from bionas.configs.options import check, option
 from bionas.errors import ConfigError
 from bionas.io import save_csv, save_figure, save_json
 from bionas.models import tiny_net
@@ -35,28 +36,28 @@ def _default_rules() -> list[str]:
 
 @dataclass
 class QuickstartConfig:
-    dataset: str = "auto"  # auto: cifar10 if a data directory is known, else scikit-learn digits
-    data_dir: str | None = None
-    rules: list[str] = field(default_factory=_default_rules)  # "mixed": every rule in one network
-    steps: int = 150
-    batch_size: int = 64
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    channels: int = 16
-    train_per_class: int | None = 500
-    test_per_class: int | None = 100
-    seed: int = 0
-    out: str = "runs/quickstart"
-    progress: bool = True
+    dataset: str = option("auto", "cifar10, cifar100, digits, or auto (cifar10 when a data directory is known, "
+                          "else scikit-learn's digits)", flag="--dataset")
+    data_dir: str | None = option(None, "dataset directory (null: $BIONAS_DATA)", flag="--data-dir")
+    rules: list[str] = option(help="rules to train, one network each ('mixed': every rule in one network)",
+                              choices=None, factory=_default_rules)
+    steps: int = option(150, "SGD steps per network", ge=1, flag="--steps")
+    batch_size: int = option(64, "batch size", ge=1, flag="--batch-size")
+    lr: float = option(0.05, "learning rate", gt=0, flag="--lr")
+    momentum: float = option(0.9, "SGD momentum", ge=0, lt=1)
+    weight_decay: float = option(3e-4, "weight decay", ge=0)
+    channels: int = option(16, "channels of the small network", ge=1, flag="--channels")
+    train_per_class: int | None = option(500, "training images per class", ge=1, flag="--train-per-class")
+    test_per_class: int | None = option(100, "test images per class", ge=1, flag="--test-per-class")
+    seed: int = option(0, "random seed", flag="--seed")
+    out: str = option("runs/quickstart", "output directory", flag="--out")
+    progress: bool = option(True, "progress bars")
 
-    def validate(self) -> None:
+    def check_together(self) -> None:
         known = set(rules.RULES) | {MIXED}
         unknown = [r for r in self.rules if r not in known]
         if unknown:
             raise ConfigError(f"unknown rule(s) {', '.join(unknown)}; choose from {', '.join(sorted(known))}")
-        if self.steps < 1 or self.batch_size < 1:
-            raise ConfigError("--steps and --batch-size must be positive")
 
 
 def _plot(curves: pd.DataFrame, path: Path) -> None:
@@ -77,9 +78,19 @@ def _plot(curves: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def run_quickstart(config: QuickstartConfig) -> pd.DataFrame:
+@dataclass
+class QuickstartResult:
+    results: pd.DataFrame  # one row per network
+    out: Path
+
+    def summary(self) -> str:
+        cols = ["network", "first_loss", "last_loss", "test_acc", "mean_alignment_deg", "seconds"]
+        return self.results[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}")
+
+
+def run_quickstart(config: QuickstartConfig) -> QuickstartResult:
     """Train one TinyNet per entry of ``config.rules``; returns the results table."""
-    config.validate()
+    config = check(config)
     name = resolve_dataset_name(config.dataset, config.data_dir)
     train = load_dataset(name, config.data_dir, "train", config.train_per_class, config.seed)
     test = load_dataset(name, config.data_dir, "test", config.test_per_class, config.seed)
@@ -123,7 +134,7 @@ def run_quickstart(config: QuickstartConfig) -> pd.DataFrame:
     save_csv(results, out / "results.csv")
     save_csv(curve_frame, out / "curves.csv")
     _plot(curve_frame, out / "loss_curves.png")
-    return results
+    return QuickstartResult(results, out)
 
 
 def _train(model, optimizer, loader: BatchLoader, config: QuickstartConfig, label: str) -> list[float]:

@@ -3,6 +3,7 @@
 Every rule and op file ends with a decorated factory; a package ``__init__`` imports its modules
 by name so that registration order is predictable. Registering a name twice is an error, and
 looking up an unknown name raises :class:`~bionas.errors.UnknownNameError` listing what exists.
+A registered class gets its registry name as its ``name`` attribute, so the name is written once.
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ class Registry(Generic[T]):
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             self._entries[name] = obj
+            if isinstance(obj, type) and hasattr(obj, "name"):
+                obj.name = name  # the one place the name is written
             return obj
 
         return add

@@ -1,4 +1,4 @@
-"""The Hebbian-CNN table of issue 7: `bionas hebbian` setups on the full real CIFAR-10.
+"""The Hebbian-CNN table: every `bionas hebbian` preset on the full real CIFAR-10.
 
 Runs each setup (default: all of bionas/configs/hebbian.yaml) into results/hebbian_table/<setup>/
 and writes results/hebbian_table/table.md and results.csv with test accuracy (last classifier
@@ -24,7 +24,8 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from bionas.configs.options import parse_assignment  # noqa: E402
-from bionas.hebbian import HebbianCNN, resolve_config, run_hebbian, setups  # noqa: E402
+from bionas import configs  # noqa: E402
+from bionas.hebbian import HebbianCNN, resolve_config, run_hebbian  # noqa: E402
 from bionas.hebbian.run import moved_filters, unfinished  # noqa: E402
 from bionas.io import atomic_open, save_csv  # noqa: E402
 from bionas.rules import rule_layers  # noqa: E402
@@ -52,7 +53,7 @@ def filters_trained(run_dir: Path, results: dict, angles=(1.0, 10.0)) -> dict[fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--setups", nargs="+", default=list(setups()))
+    parser.add_argument("--setups", nargs="+", default=list(configs.presets("hebbian")))
     parser.add_argument("--out", default=str(REPO / "results" / "hebbian_table"))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="applied to every setup")
@@ -70,7 +71,7 @@ def main() -> None:
                                                   **extra})
         run_hebbian(config, resume=unfinished(run_dir))
     rows = []
-    for setup in setups():
+    for setup in configs.presets("hebbian"):
         path = out / setup / "results.json"
         if path.exists():
             r = json.loads(path.read_text())

@@ -175,7 +175,7 @@ def test_bad_arguments_fail_with_one_line(checkpoints, tmp_path, capsys):
         (["attack", "--checkpoint", str(checkpoints["bp"]), str(tmp_path / "digits")], "different datasets"),
         (["attack", "--checkpoint", str(tmp_path / "nothing")], "not found"),
         (["attack"], "nothing to attack"),
-        (["attack", "--checkpoint", str(checkpoints["bp"]), "--suite", "huge"], "unknown attack suite 'huge'"),
+        (["attack", "--checkpoint", str(checkpoints["bp"]), "--suite", "huge"], "unknown attack preset 'huge'"),
     ]:
         assert main(argv + ["--out", str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err.strip().splitlines()

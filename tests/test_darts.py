@@ -41,8 +41,8 @@ def test_unrolled_gradient_matches_the_direct_second_order_gradient(batches):
     (xt, yt), (xv, yv) = [(x.double(), y) for x, y in batches]
     net = Supernet(space_from_dict(BP_SPACE), 3, 10, seed=0, shape=SMALL).double()
     lr, mu, wd = 0.05, 0.9, 3e-4
-    config = SearchConfig(order="second", lr=lr, momentum=mu, nesterov=True, weight_decay=wd, epochs=2,
-                          unrolled_radius=1e-7)
+    config = SearchConfig(lr=lr, momentum=mu, nesterov=True, weight_decay=wd, epochs=2,
+                          strategy_options={"darts": {"order": "second", "unrolled_radius": 1e-7}})
     strategy = DartsStrategy(net, config)
     strategy.train_weights((xt, yt), step=0)  # momentum buffers now exist
     with preserved_batchnorm_statistics(net):
@@ -84,7 +84,7 @@ def test_virtual_step_is_what_sgd_does(batches):
 def test_second_order_step_uses_one_brsf_draw_for_both_sides_of_the_difference(batches):
     space = space_from_dict({"name": "b", "supernet": {"nodes": 2}, "candidates": {"none": [], "sep_conv_3x3": ["brsf"]}})
     net = Supernet(space, 3, 10, seed=0, shape=SMALL)
-    strategy = DartsStrategy(net, SearchConfig(order="second", epochs=2))
+    strategy = DartsStrategy(net, SearchConfig(epochs=2, strategy_options={"darts": {"order": "second"}}))
     layers = [layer for _, layer in rules.rule_layers(net)]
     before = [layer.rule.draws for layer in layers]
     strategy.update_architecture(*batches, step=0)
@@ -98,7 +98,7 @@ def test_exact_architecture_gradient_differs_from_the_rule_path(batches):
     grads = {}
     for mode in ("rule", "exact"):
         net = Supernet(space, 3, 10, seed=0, shape=SMALL)
-        strategy = DartsStrategy(net, SearchConfig(arch_gradient=mode, epochs=2, arch_lr=1e-2))
+        strategy = DartsStrategy(net, SearchConfig(epochs=2, strategy_options={"darts": {"arch_gradient": mode, "arch_lr": 1e-2}}))
         before = net.alpha_normal.detach().clone()
         strategy.update_architecture(*batches, step=0)
         grads[mode] = net.alpha_normal.detach() - before
@@ -111,7 +111,7 @@ def test_state_dict_round_trip_continues_identically(batches):
 
     def fresh():
         net = Supernet(space, 3, 10, seed=3, shape=SMALL)
-        return net, DartsStrategy(net, SearchConfig(order="second", epochs=4))
+        return net, DartsStrategy(net, SearchConfig(epochs=4, strategy_options={"darts": {"order": "second"}}))
 
     net, strategy = fresh()
     strategy.step(*batches, step=0)

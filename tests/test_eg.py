@@ -36,17 +36,18 @@ def tiny(tmp_path, cifar10_root):
     space.write_text(yaml.safe_dump(SPACE))
     return SearchConfig(method="eg", space=str(space), dataset="cifar10", data_dir=str(cifar10_root), per_class=4,
                         batch_size=8, epochs=3, steps_per_epoch=2, progress=False, out=str(tmp_path / "run"),
-                        eg_warmup_epochs=1, eg_population=4, eg_restarts=2, eg_score_chunk=3)
+                        strategy_options={"eg": {"warmup_epochs": 1, "population": 4, "restarts": 2, "score_chunk": 3}})
 
 
 def _strategy(**kw):
     net = Supernet(space_from_dict(SPACE), 3, 10, seed=0, shape=SHAPE)
-    return EvolutionaryStrategy(net, SearchConfig(method="eg", epochs=4, **kw))
+    seed = kw.pop("seed", 0)
+    return EvolutionaryStrategy(net, SearchConfig(method="eg", epochs=4, seed=seed, strategy_options={"eg": kw}))
 
 
 def test_fitness_agrees_with_a_hand_computation(batch):
     x, y = batch
-    strategy = _strategy(eg_score_chunk=2)
+    strategy = _strategy(score_chunk=2)
     net = strategy.model
     gen = torch.Generator().manual_seed(1)
     current = torch.stack([p.detach() for p in net.arch_parameters()]).double()  # (2, E, K)
@@ -92,7 +93,7 @@ def test_scoring_leaves_no_trace(batch):
 
 
 def test_evolution_is_seeded_per_restart_and_epoch_bounded_and_isolated(batch):
-    strategy = _strategy(eg_population=6, eg_restarts=2, eg_max_norm=0.5, eg_step_size=1.0)
+    strategy = _strategy(population=6, restarts=2, max_norm=0.5, step_size=1.0)
     np.random.seed(123)
     numpy_state = np.random.get_state()[1].copy()
     torch_state = torch.get_rng_state()
@@ -106,9 +107,9 @@ def test_evolution_is_seeded_per_restart_and_epoch_bounded_and_isolated(batch):
         assert float(alpha.detach().norm(dim=-1).max()) <= 0.5 + 1e-5
     assert strategy.sigma(0) == 1.0 and strategy.sigma(3) == 0.25 and strategy.sigma(200) == 0.02
     # the same seed and state evolve the same way; another seed does not
-    again = _strategy(eg_population=6, eg_restarts=2, eg_max_norm=0.5, eg_step_size=1.0)
+    again = _strategy(population=6, restarts=2, max_norm=0.5, step_size=1.0)
     again.evolve(batch)
-    other = _strategy(eg_population=6, eg_restarts=2, eg_max_norm=0.5, eg_step_size=1.0, seed=5)
+    other = _strategy(population=6, restarts=2, max_norm=0.5, step_size=1.0, seed=5)
     other.evolve(batch)
     for a, b, c in zip(strategy.model.arch_parameters(), again.model.arch_parameters(),
                        other.model.arch_parameters()):
@@ -116,7 +117,7 @@ def test_evolution_is_seeded_per_restart_and_epoch_bounded_and_isolated(batch):
 
 
 def test_warm_up_trains_weights_only_then_evolves_once_per_epoch(batch):
-    strategy = _strategy(eg_warmup_epochs=1, eg_population=4, eg_restarts=1)
+    strategy = _strategy(warmup_epochs=1, population=4, restarts=1)
     alphas = [a.detach().clone() for a in strategy.model.arch_parameters()]
     half = (batch[0][:5], batch[1][:5]), (batch[0][5:], batch[1][5:])
     strategy.step(*half, step=0)

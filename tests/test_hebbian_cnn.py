@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from bionas.errors import ConfigError
-from bionas.hebbian import HebbianCNN, Triangle, ZCA, resolve_config, setups
+from bionas import configs
+from bionas.hebbian import HebbianCNN, Triangle, ZCA, resolve_config
 from bionas.hebbian.run import classifier_lr, preprocess
 from bionas.rules import rule_layers
 
@@ -14,7 +15,7 @@ SMALL = {"channels": [4, 8, 16], "per_class": 10, "test_per_class": 5, "classifi
 
 
 def test_every_setup_builds_the_paper_network_with_its_rules():
-    for name in setups():
+    for name in configs.presets("hebbian"):
         config = resolve_config(name)
         net = HebbianCNN(3, 10, 32, config)
         assert net.feature_dim == 24576  # 1536 x 4 x 4
@@ -96,7 +97,7 @@ def test_classifier_lr_halves_every_two_epochs_from_epoch_ten():
 
 
 def test_setup_errors_are_one_line():
-    with pytest.raises(ConfigError, match="unknown hebbian setup 'soft'"):
+    with pytest.raises(ConfigError, match="unknown hebbian preset 'soft'"):
         resolve_config("soft")
     with pytest.raises(ConfigError, match="needs hebbian options for each of the 3 blocks"):
         resolve_config("hard_wta_bcm", overrides={"layers": [{}]})

@@ -341,11 +341,11 @@ def test_search_updates_local_weights_only_in_weight_steps(images):
     assert kinds == {"hebbian", "pc"}
     before = local_state(net)
     for order in ("first", "second"):
-        strategy = DartsStrategy(net, SearchConfig(order=order, epochs=2))
+        strategy = DartsStrategy(net, SearchConfig(epochs=2, strategy_options={"darts": {"order": order}}))
         strategy.update_architecture(train, val, step=0)
         assert_same(local_state(net), before)
-    eg = EvolutionaryStrategy(net, SearchConfig(method="eg", epochs=2, eg_warmup_epochs=0, eg_population=4,
-                                                eg_generations=1, eg_restarts=1))
+    eg = EvolutionaryStrategy(net, SearchConfig(method="eg", epochs=2, strategy_options={"eg": {
+        "warmup_epochs": 0, "population": 4, "generations": 1, "restarts": 1}}))
     eg.update_architecture(train, val, step=0)  # fitness scoring of the CMA-ES population
     assert_same(local_state(net), before)
     net.eval()

@@ -10,7 +10,8 @@ from bionas.errors import BionasError, ConfigError
 from bionas.genotype import load_genotype
 from bionas.search import resolve_config, run_search
 from bionas.space import load_space
-from bionas.search.config import SearchConfig, parse_assignment
+from bionas.configs.options import parse_assignment
+from bionas.search.config import SearchConfig
 from bionas.search.run import CHECKPOINT_FORMAT
 from conftest import Killed
 
@@ -44,7 +45,7 @@ def _replace(config, **kw):
 @pytest.mark.parametrize("order", ["first", "second"])
 def test_two_step_search_on_the_bionas_space_gives_a_valid_genotype(tmp_path, cifar10_root, order):
     config = SearchConfig(space="bionas", dataset="cifar10", data_dir=str(cifar10_root), per_class=2,
-                          batch_size=4, epochs=1, steps_per_epoch=2, channels=4, cells=3, order=order,
+                          batch_size=4, epochs=1, steps_per_epoch=2, channels=4, cells=3, strategy_options={"darts": {"order": order}},
                           progress=False, out=str(tmp_path / order))
     result = run_search(config)
     space = load_space("bionas")
@@ -76,13 +77,13 @@ def test_outputs_logs_and_plots(tiny):
     # the DARTS literal reads back to the same genotype
     assert load_genotype(out / "genotype.txt", load_space(tiny.space)) == result.genotype
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert resolve_config(config_file=out / "config.yaml") == _replace(tiny, **{"arch_betas": tuple(saved["arch_betas"])})
+    assert saved["method"] == tiny.method and resolve_config(config_file=out / "config.yaml") == tiny
     assert torch.load(out / "checkpoint.pt", weights_only=False)["format"] == CHECKPOINT_FORMAT
 
 
 @pytest.mark.parametrize("order", ["first", "second"])
 def test_killed_and_resumed_run_ends_exactly_like_an_uninterrupted_one(tiny, tmp_path, order, killed_after):
-    config = _replace(tiny, epochs=3, order=order)
+    config = _replace(tiny, epochs=3, strategy_options={"darts": {"order": order}})
     full = run_search(_replace(config, out=str(tmp_path / "full")))
     with pytest.raises(Killed):
         run_search(_replace(config, out=str(tmp_path / "killed")), on_epoch_end=killed_after(1))
@@ -112,30 +113,32 @@ def test_a_new_run_never_overwrites_an_old_one_and_resume_needs_a_run(tiny):
 
 def test_resume_refuses_options_that_change_the_run(tiny):
     run_search(_replace(tiny, epochs=1))
-    with pytest.raises(ConfigError, match=r"has order='first'.*drop order"):
-        run_search(SearchConfig(out=tiny.out), resume=True, overrides={"order": "second"})
+    with pytest.raises(ConfigError, match=r"has strategy_options.darts.order=.*drop strategy_options.darts.order"):
+        run_search(SearchConfig(out=tiny.out), resume=True, overrides={"strategy_options.darts.order": "second"})
     # repeating the saved value is fine, and a finished run resumes to its result at once
     result = run_search(SearchConfig(out=tiny.out, progress=False), resume=True, overrides={"epochs": 1})
     assert len(result.history) == 1
 
 
 def test_config_resolution_order_and_errors(tmp_path):
-    assert SearchConfig().lr == 0.1 and SearchConfig().arch_betas == (0.5, 0.999)  # appendix 7.1, DARTS
+    assert SearchConfig().lr == 0.1 and SearchConfig().options_for("darts").arch_betas == (0.5, 0.999)  # appendix 7.1, DARTS
     smoke = resolve_config("smoke")
     assert smoke.cells == 3 and smoke.epochs == 3
     file = tmp_path / "c.yaml"
     file.write_text("epochs: 7\nlr: 1\n")
     config = resolve_config("smoke", file, {"epochs": 9})
     assert config.epochs == 9 and config.lr == 1.0 and isinstance(config.lr, float) and config.cells == 3
-    with pytest.raises(ConfigError, match="unknown search option\\(s\\) learning_rate in the command line"):
+    with pytest.raises(ConfigError, match="unknown search option 'learning_rate' in the command line"):
         resolve_config(overrides={"learning_rate": 0.1})
-    with pytest.raises(BionasError, match="unknown search preset 'fast'; choose from paper, smoke"):
+    with pytest.raises(BionasError, match="unknown search preset 'fast'; choose from smoke, paper"):
         resolve_config("fast")
     file.write_text("epochs: [1\n")
     with pytest.raises(ConfigError, match="is not valid YAML"):
         resolve_config(config_file=file)
-    with pytest.raises(ConfigError, match="order must be one of first, second"):
-        resolve_config(overrides={"order": "third"})
+    with pytest.raises(ConfigError, match="unknown order 'third'; choose one of: first, second"):
+        resolve_config(overrides={"strategy_options.darts.order": "third"})
+    with pytest.raises(ConfigError, match="unknown darts strategy option 'population'"):
+        resolve_config(overrides={"strategy_options": {"darts": {"population": 8}}})
     with pytest.raises(BionasError, match="unknown search method 'random'"):
         resolve_config(overrides={"method": "random"})
     assert parse_assignment("rule_options={usf: {scale: 1.0}}") == ("rule_options", {"usf": {"scale": 1.0}})
@@ -167,7 +170,7 @@ def test_cli_search_and_resume(tiny, capsys):
     (["search", "--space", "nope"], "unknown search space 'nope'"),
     (["search", "--method", "random"], "unknown search method 'random'"),
     (["search", "--preset", "huge"], "unknown search preset 'huge'"),
-    (["search", "--set", "epochs=0"], "epochs must be a positive integer"),
+    (["search", "--set", "epochs=0"], "epochs must be at least 1, got 0"),
 ])
 def test_cli_bad_input_is_one_line(argv, message, capsys, tmp_path):
     assert main(argv + ["--out", str(tmp_path / "x")]) == 2

@@ -128,7 +128,7 @@ def _bn_stats(net):
 def test_architecture_step_moves_only_the_logits(images, order):
     x, y = images
     net = Supernet(space_from_dict(MIXED_RULES), 3, 10, seed=0, shape=SMALL)
-    strategy = DartsStrategy(net, SearchConfig(order=order, epochs=2))
+    strategy = DartsStrategy(net, SearchConfig(epochs=2, strategy_options={"darts": {"order": order}}))
     weights = [p.detach().clone() for p in net.weight_parameters()]
     alphas = [a.detach().clone() for a in net.arch_parameters()]
     stats = _bn_stats(net)

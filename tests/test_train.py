@@ -11,6 +11,7 @@ import yaml
 
 from bionas import rules
 from bionas.cli import main
+from bionas.configs.options import check
 from bionas.errors import ConfigError
 from bionas.models.resnet import MODELS, CifarResNet
 from bionas.train import TrainConfig, learning_rate, load_trained, resolve_config, run_train
@@ -32,16 +33,16 @@ def tiny(tmp_path, root, **overrides) -> TrainConfig:
 # --- recipes and schedules -------------------------------------------------------------------------
 def test_recipes_follow_the_paper_and_layers_override_in_order(tmp_path):
     cifar = resolve_config(None, None, {"genotype": "darts_v2"})
-    assert (cifar.recipe, cifar.batch_size, cifar.lr, cifar.epochs, cifar.channels, cifar.layers, cifar.cutout,
+    assert (cifar.base_preset, cifar.batch_size, cifar.lr, cifar.epochs, cifar.channels, cifar.layers, cifar.cutout,
             cifar.drop_path, cifar.auxiliary_weight, cifar.grad_clip, cifar.schedule) == \
         ("cifar", 96, 0.025, 600, 36, 20, 16, 0.2, 0.4, 5.0, "cosine")
     im16 = resolve_config(None, None, {"genotype": "darts_v2", "dataset": "imagenet16-120"})
-    assert (im16.recipe, im16.batch_size, im16.lr, im16.schedule, im16.epochs, im16.channels, im16.layers,
+    assert (im16.base_preset, im16.batch_size, im16.lr, im16.schedule, im16.epochs, im16.channels, im16.layers,
             im16.label_smoothing, im16.drop_path) == ("imagenet16_120", 1024, 0.5, "linear", 250, 48, 14, 0.1, 0.0)
     resnet = resolve_config(None, None, {"model": "resnet56", "rule": "usf"})
-    assert (resnet.recipe, resnet.lr, resnet.weight_decay, resnet.epochs, resnet.milestones, resnet.init) == \
+    assert (resnet.base_preset, resnet.lr, resnet.weight_decay, resnet.epochs, resnet.milestones, resnet.init) == \
         ("resnet", 0.1, 1e-4, 250, [100, 150, 200], "xavier")
-    # preset over recipe, file over preset, flags over file
+    # named preset over the paper's, file over preset, flags over file
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"epochs": 7, "channels": 12}))
     c = resolve_config("smoke", path, {"genotype": "darts_v2", "channels": 10})
@@ -96,7 +97,7 @@ def test_option_a_shortcut_subsamples_and_zero_pads():
 
 @pytest.mark.parametrize("rule", FEEDBACK_RULES)
 def test_resnet20_learns_by_one_rule_everywhere(rule, cifar10_small):
-    config = TrainConfig(model="resnet20", rule=rule, seed=3).validate()
+    config = check(TrainConfig(model="resnet20", rule=rule, seed=3))
     net = build_network(config, CIFAR_SHAPE, None)
     layer_rules = rules.rules_in(net)
     assert len(layer_rules) == 20 and set(layer_rules.values()) == {rule}
@@ -225,7 +226,7 @@ def test_cli_smoke_training_of_a_resnet_baseline(cifar10_root, tmp_path, capsys)
     info = json.loads((out / "run_info.json").read_text())
     assert info["rule_counts"] == {"frsf": 20} and info["test_images"] == 1000
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["recipe"] == "resnet" and saved["lr"] == 0.1 and saved["model"] == "resnet20"
+    assert saved["base_preset"] == "resnet" and saved["lr"] == 0.1 and saved["model"] == "resnet20"
 
 
 @pytest.mark.parametrize("rule", ["hebbian", "pc"])

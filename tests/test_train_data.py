@@ -121,7 +121,7 @@ def test_imagenet_training_runs_end_to_end_on_a_tiny_image_folder(tmp_path):
                                          "data_dir": str(tmp_path / "imagenet"), "image_size": 64, "workers": 0,
                                          "channels": 8, "layers": 3, "epochs": 1, "batch_size": 4,
                                          "eval_batch_size": 6, "out": str(tmp_path / "run"), "progress": False})
-    assert (config.recipe, config.warmup_epochs, config.label_smoothing) == ("imagenet", 5, 0.1)
+    assert (config.base_preset, config.warmup_epochs, config.label_smoothing) == ("imagenet", 5, 0.1)
     result = run_train(config)
     assert len(result.history) == 1 and 0.0 <= result.test_acc <= 1.0
     trained = load_trained(tmp_path / "run" / "checkpoint.pt")

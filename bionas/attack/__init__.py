@@ -1,6 +1,6 @@
 """Adversarial robustness of trained checkpoints (``bionas attack``), on torchattacks.
 
-``resolve_config`` builds an :class:`AttackConfig` (suite, file, flags); ``run_attack`` runs it;
+``resolve_config`` builds an :class:`AttackConfig` (preset, file, flags); ``run_attack`` runs it;
 :class:`AttackModel` is the [0, 1]-images-to-logits view of a trained network with a selectable
 gradient (``exact`` or the rules' own); ``ATTACKS`` is the registry of attacks.
 """

@@ -39,6 +39,7 @@ from bionas.attack.config import AttackConfig
 from bionas.attack.model import AttackModel, gradient_mode, isolated_random_state
 from bionas.attack.suite import Variant, variants
 from bionas.data import STREAMED_DATASETS, balanced_subset, load_dataset
+from bionas.configs.options import check
 from bionas.errors import ConfigError
 from bionas.io import atomic_open, save_csv, save_json
 from bionas.rules.base import FeedbackRule
@@ -48,7 +49,6 @@ from bionas.train.model import Trained, load_trained
 
 log = logging.getLogger(__name__)
 
-TABLE_ROWS = ["Clean", "OP1", "OP2", "OP3", "OP4", "OP5", "FGSM", "PGD", "TPGD", "APGD", "Square", "Transfer"]
 PARAM_COLUMNS = ["eps", "alpha", "steps", "random_start", "n_restarts", "eot_iter", "loss", "n_queries", "p_init",
                  "pixels", "popsize", "seed", "source"]
 
@@ -66,6 +66,10 @@ class AttackResult:
     results: pd.DataFrame
     warnings: list[str]
     out: Path
+
+    def summary(self) -> str:
+        """What the command line prints at the end: the table."""
+        return (self.out / "table.md").read_text().rstrip()
 
 
 def checkpoint_path(text: str) -> Path:
@@ -148,7 +152,7 @@ def run_attack(config: AttackConfig) -> AttackResult:
     """Run the configured attacks on every checkpoint; returns the results table."""
     from tqdm import tqdm
 
-    config.validate()
+    config = check(config)
     out = Path(config.out)
     if (out / "results.csv").exists():
         raise ConfigError(f"{out} already holds attack results; choose another --out")
@@ -260,11 +264,21 @@ def masking_warnings(results: pd.DataFrame) -> list[str]:
     return warnings
 
 
+def table_rows(labels) -> list[str]:
+    """The distinct row labels in table order: Clean, then each attack's rows in registry order (the
+    rows a default config gives every attack), then any other label in order of appearance."""
+    from bionas.attack.suite import ATTACKS, variants
+
+    ranking = ["Clean", *(v.label for v in variants(AttackConfig(attacks=list(ATTACKS))))]
+    labels = list(dict.fromkeys(labels))
+    return sorted(labels, key=lambda a: (ranking.index(a), 0) if a in ranking else (len(ranking), labels.index(a)))
+
+
 def markdown_table(results: pd.DataFrame, warnings: list[str]) -> str:
     """Attacks as rows, models as columns (accuracy in %); white-box cells ``exact / rule``."""
     models = list(dict.fromkeys(results["model"]))
     lines = ["| Attack | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models)]
-    for attack in [a for a in TABLE_ROWS if a in set(results["attack"])]:
+    for attack in table_rows(results["attack"]):
         cells = []
         for model in models:
             sub = results[(results["model"] == model) & (results["attack"] == attack)]

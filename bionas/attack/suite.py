@@ -1,7 +1,14 @@
 """The attacks of the suite, as a registry: name -> the variants it contributes.
 
 Each entry turns an :class:`~bionas.attack.config.AttackConfig` into one or more
-:class:`Variant` rows of the paper's Table 4 (``onepixel`` gives OP1..OPk). A variant records
+:class:`Variant` rows of the paper's Table 4 (``onepixel`` gives OP1..OPk); the registry's order
+is the table's row order (after the clean accuracy).
+
+Adding an attack: one function here (or in its own file imported by this package), decorated
+``@ATTACKS.register("name")``, returning its variants -- the row label, the kind, the
+parameters recorded with the results, and a builder of the torchattacks object. Its budget
+options go in :class:`~bionas.attack.config.AttackConfig`; ``--attacks name`` then runs it, it
+gets a row in ``table.md``, and the tests parametrised over :data:`ATTACKS` cover it. A variant records
 its parameters and builds a torchattacks object for a model. Kinds: ``white`` attacks follow a
 gradient (run once per gradient mode), ``black`` ones query outputs only (run once), ``transfer``
 evaluates examples crafted on another model.
@@ -40,6 +47,13 @@ class Variant:
 ATTACKS: Registry[Callable[[AttackConfig], list[Variant]]] = Registry("attack")
 
 
+@ATTACKS.register("onepixel")
+def onepixel(c: AttackConfig) -> list[Variant]:
+    return [Variant(f"OP{k}", "black", {"pixels": k, "steps": c.onepixel_steps, "popsize": c.onepixel_popsize,
+                                        "seed": c.seed}, lambda m, p: BatchedOnePixel(m, **p))
+            for k in c.onepixel_pixels]
+
+
 @ATTACKS.register("fgsm")
 def fgsm(c: AttackConfig) -> list[Variant]:
     return [Variant("FGSM", "white", {"eps": c.eps}, lambda m, p: torchattacks.FGSM(m, eps=p["eps"]))]
@@ -71,13 +85,6 @@ def square(c: AttackConfig) -> list[Variant]:
     return [Variant("Square", "black", params, lambda m, p: torchattacks.Square(m, **p))]
 
 
-@ATTACKS.register("onepixel")
-def onepixel(c: AttackConfig) -> list[Variant]:
-    return [Variant(f"OP{k}", "black", {"pixels": k, "steps": c.onepixel_steps, "popsize": c.onepixel_popsize,
-                                        "seed": c.seed}, lambda m, p: BatchedOnePixel(m, **p))
-            for k in c.onepixel_pixels]
-
-
 @ATTACKS.register("transfer")
 def transfer(c: AttackConfig) -> list[Variant]:
     params = {"eps": c.eps, "alpha": c.alpha, "steps": c.transfer_steps, "random_start": True,
@@ -86,4 +93,7 @@ def transfer(c: AttackConfig) -> list[Variant]:
 
 
 def variants(config: AttackConfig) -> list[Variant]:
-    return [v for name in config.attacks for v in ATTACKS.get(name)(config)]
+    """The rows ``config.attacks`` asks for, in registry order (the order of the results table)."""
+    for name in config.attacks:
+        ATTACKS.get(name)
+    return [v for name in ATTACKS if name in config.attacks for v in ATTACKS.get(name)(config)]

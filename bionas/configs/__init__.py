@@ -1,4 +1,4 @@
-"""Packaged YAML configs: named presets per command (``search.yaml``: ``smoke``, ...)."""
+"""Packaged YAML configs: the named presets of each command (``search.yaml``: ``smoke``, ...)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,9 +26,14 @@ def load_yaml_mapping(path: str | Path, what: str) -> dict:
     return data
 
 
+def presets(command: str) -> dict[str, dict]:
+    """Every named preset of ``configs/<command>.yaml``, in file order."""
+    return load_yaml_mapping(CONFIG_DIR / f"{command}.yaml", f"{command} presets").get("presets", {})
+
+
 def preset(command: str, name: str) -> dict:
     """The options of preset ``name`` in ``configs/<command>.yaml``."""
-    presets = load_yaml_mapping(CONFIG_DIR / f"{command}.yaml", f"{command} presets").get("presets", {})
-    if name not in presets:
-        raise UnknownNameError(f"unknown {command} preset {name!r}; choose from {', '.join(sorted(presets))}")
-    return dict(presets[name] or {})
+    known = presets(command)
+    if name not in known:
+        raise UnknownNameError(f"unknown {command} preset {name!r}; choose from {', '.join(known)}")
+    return dict(known[name] or {})

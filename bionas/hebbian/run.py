@@ -15,11 +15,11 @@ none`` reads out the untrained random convolutions, the control that shows what 
 phase adds (random convolutional features are far from useless). The test split is
 evaluated after every classifier epoch, as the paper does; ``results.json`` reports the last
 epoch's accuracy and, separately, the best epoch's (the paper's "optimal test performance within
-20 epochs", which selects on test data and so flatters every setup alike).
+20 epochs", which selects on test data and so flatters every preset alike).
 
 Outputs in ``out``: ``config.yaml``, ``run_info.json``, ``hebbian_layers.pt`` (the frozen
 convolutions and BN statistics after phase 1, written atomically; ``--resume`` reuses it),
-``backprop_state.pt`` (backprop setup: network, optimiser and history after every epoch; ``--resume``
+``backprop_state.pt`` (backprop preset: network, optimiser and history after every epoch; ``--resume``
 continues from it, also to more epochs), ``train_log.csv`` (per epoch), ``curves.png``,
 ``results.json``.
 """
@@ -42,6 +42,7 @@ import bionas
 from bionas import rules
 from bionas.data import load_dataset
 from bionas.engine import TrainingDiverged
+from bionas.configs.options import check
 from bionas.errors import ConfigError
 from bionas.hebbian.config import HebbianConfig
 from bionas.hebbian.network import HebbianCNN
@@ -57,6 +58,12 @@ class HebbianResult:
     results: dict
     history: pd.DataFrame
     out: Path
+
+    def summary(self) -> str:
+        """What the command line prints at the end."""
+        r = self.results
+        return (f"{r['preset']}: test acc {r['test_acc']:.4f} (best epoch {r['best_epoch']}: {r['best_test_acc']:.4f}) "
+                f"on {r['test_images']} test images, {r['wall_seconds']:.0f} s")
 
 
 def preprocess(train: Tensor, test: Tensor, config: HebbianConfig, mean, std) -> tuple[Tensor, Tensor]:
@@ -116,7 +123,7 @@ def hebbian_phase(net: HebbianCNN, x: Tensor, config: HebbianConfig, device: tor
         for name, layer in rules.rule_layers(net):
             if not torch.isfinite(layer.weight).all():
                 raise TrainingDiverged(f"the hebbian weights of {name} became non-finite in epoch {epoch + 1}; "
-                                       f"lower the layer's lr in the setup (--set layers=...) and rerun")
+                                       f"lower the layer's lr in the preset (--set layers=...) and rerun")
 
 
 @torch.no_grad()
@@ -258,7 +265,7 @@ def _plot(history: pd.DataFrame, config: HebbianConfig, out: Path) -> None:
     ax.plot(history["epoch"], history["test_acc"], label="test")
     ax.set_xlabel("classifier epoch" if config.learning == "hebbian" else "epoch")
     ax.set_ylabel("accuracy")
-    ax.set_title(f"{config.setup} ({config.learning})")
+    ax.set_title(f"{config.preset} ({config.learning})")
     ax.legend()
     fig.tight_layout()
     save_figure(fig, out / "curves.png")
@@ -274,8 +281,8 @@ def unfinished(out: str | Path) -> bool:
 
 
 def run_hebbian(config: HebbianConfig, resume: bool = False) -> HebbianResult:
-    """Run one setup end to end (see the module docstring); returns its results."""
-    config.validate()
+    """Run one preset end to end (see the module docstring); returns its results."""
+    config = check(config)
     out = Path(config.out)
     saved_layers, saved_backprop = out / "hebbian_layers.pt", out / "backprop_state.pt"
     previous = None  # the results of a finished backprop run that --resume takes to more epochs
@@ -303,7 +310,7 @@ def run_hebbian(config: HebbianConfig, resume: bool = False) -> HebbianResult:
     save_json({"bionas_version": bionas.__version__, "torch_version": torch.__version__, "device": str(device),
                "train_images": len(train), "test_images": len(test), "feature_dim": net.feature_dim,
                "parameters": sum(p.numel() for p in net.parameters())}, out / "run_info.json")
-    log.info("%s (%s): %d training and %d test images, %d features, device %s", config.setup, config.learning,
+    log.info("%s (%s): %d training and %d test images, %d features, device %s", config.preset, config.learning,
              len(train), len(test), net.feature_dim, device)
     timings, extra, earlier = {}, {}, 0.0  # earlier: seconds spent by the invocations this one resumes
     if config.learning in ("hebbian", "none"):
@@ -347,7 +354,7 @@ def run_hebbian(config: HebbianConfig, resume: bool = False) -> HebbianResult:
     save_csv(frame, out / "train_log.csv")
     _plot(frame, config, out)
     best = int(frame["test_acc"].idxmax())
-    results = {"setup": config.setup, "learning": config.learning, "test_acc": float(frame["test_acc"].iloc[-1]),
+    results = {"preset": config.preset, "learning": config.learning, "test_acc": float(frame["test_acc"].iloc[-1]),
                "best_test_acc": float(frame["test_acc"].iloc[best]), "best_epoch": int(frame["epoch"].iloc[best]),
                "epochs": len(frame), "train_images": len(train), "test_images": len(test), **extra, **timings,
                "wall_seconds": time.perf_counter() - start_all + earlier}

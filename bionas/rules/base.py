@@ -78,8 +78,10 @@ class LearningRule(nn.Module):
     the side).
     """
 
-    name: ClassVar[str] = ""
+    name: ClassVar[str] = ""  # set by RULES.register
     kind: ClassVar[str] = ""
+    color: ClassVar[str] = "black"  # how plots draw this rule's edges and curves
+    line_style: ClassVar[object] = "-"
     # torch layer types this rule can learn; a search space may pair the rule only with ops
     # whose weighted layers are all of these types
     layer_types: ClassVar[tuple[type[nn.Module], ...]] = (nn.Conv2d, nn.Linear)

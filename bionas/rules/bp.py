@@ -13,7 +13,8 @@ from bionas.rules.registry import RULES
 class Backprop(FeedbackRule):
     """Ordinary backprop: the feedback tensor is the forward weight itself."""
 
-    name = "bp"
+    color = "#444444"  # in plots: edges and curves of this rule
+    line_style = "-"
 
     def feedback(self, weight: Tensor) -> Tensor:
         return weight.detach()

@@ -22,7 +22,9 @@ from bionas.rules.registry import RULES
 class BatchwiseRandomSignFeedback(FeedbackRule):
     """``B = |R| * sign(W)``, ``R ~ U(-a, a)`` redrawn each training forward."""
 
-    name = "brsf"
+    color = "#2ca02c"  # in plots: edges and curves of this rule
+    line_style = "-."
+
     GRID_MIN_NUMEL = 65536  # from this many weights on, draw on the 16-bit grid (see redraw)
 
     def __init__(self, weight: Tensor, generator: torch.Generator):

@@ -18,7 +18,8 @@ from bionas.rules.registry import RULES
 class FeedbackAlignment(FeedbackRule):
     """Fixed random feedback ``B ~ U(-a, a)``, ``a = sqrt(6 / (fan_in + fan_out))``."""
 
-    name = "fa"
+    color = "#1f77b4"  # in plots: edges and curves of this rule
+    line_style = ":"
 
     def __init__(self, weight: Tensor, generator: torch.Generator):
         super().__init__(weight, generator)

@@ -18,7 +18,8 @@ from bionas.rules.registry import RULES
 class FixedRandomSignFeedback(FeedbackRule):
     """``B = |M| * sign(W)`` with fixed ``M ~ U(-a, a)``, ``a = sqrt(6 / (fan_in + fan_out))``."""
 
-    name = "frsf"
+    color = "#9467bd"  # in plots: edges and curves of this rule
+    line_style = (0, (5, 1, 1, 1, 1, 1))
 
     def __init__(self, weight: Tensor, generator: torch.Generator):
         super().__init__(weight, generator)

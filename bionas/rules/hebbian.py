@@ -1,15 +1,15 @@
 """Hebbian convolution: weights learn from their own input patches and outputs, no loss gradient.
 
 One rule, the pipeline of the Hebbian-CNN paper (Nimmo et al., "Advancing the biological
-plausibility and efficacy of Hebbian convolutional neural networks", section 3.1; the file in
-``../shared/papers/hebbian-cnn-wta-lateral-inhibition-bcm.txt``), every stage an option. For
+plausibility and efficacy of Hebbian convolutional neural networks", section 3.1), every stage
+an option. For
 a convolution with input ``x`` and pre-activation ``u = W * x`` (bias left out), per training
 batch and output channel ``c``, with ``x_c`` the input patch channel ``c`` sees and sums running
 over batch and positions:
 
 1. activation ``a``: ``linear`` ``a = u``; ``cosine`` ``a_c = u_c / (||x_c|| ||W_c||)`` (Amato /
-   Lagani's cosine-similarity unit; the paper's Eq. 9 is garbled, reconstructed as in
-   ``../shared/notes/hebbian-cnn-details.md``).
+   Lagani's cosine-similarity unit; the paper's Eq. 9 is garbled in the text: reconstructed as the
+   cosine between patch and filter, the unit those works define).
 2. ``surround``: lateral inhibition, ``a <- K_DoG (*) a`` per channel (depthwise, "same"
    padding; Hasani et al. 2019, paper Eq. 20); skipped for 1x1 kernels.
 3. ``competition`` across channels at every (sample, position): ``none`` ``y = a``;
@@ -81,7 +81,9 @@ def winner_mask(a: Tensor) -> Tensor:
 class HebbianRule(LocalRule):
     """Local Hebbian update of a convolution (see the module docstring for every stage)."""
 
-    name = "hebbian"
+    color = "#ff7f0e"  # in plots: edges and curves of this rule
+    line_style = (0, (1, 1))
+
     layer_types: ClassVar[tuple[type[nn.Module], ...]] = (nn.Conv2d,)
 
     def __init__(self, weight: Tensor, generator: torch.Generator, update: str = "outer",

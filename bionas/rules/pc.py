@@ -54,7 +54,9 @@ _EPS = 1e-12
 class PredictiveCodingRule(LocalRule):
     """Hybrid predictive coding for one convolution (see the module docstring)."""
 
-    name = "pc"
+    color = "#17becf"  # in plots: edges and curves of this rule
+    line_style = (0, (3, 1, 1, 1))
+
     layer_types: ClassVar[tuple[type[nn.Module], ...]] = (nn.Conv2d,)
     preserves_forward: ClassVar[bool] = False
 

@@ -19,7 +19,8 @@ from bionas.rules.registry import RULES
 class UniformSignFeedback(FeedbackRule):
     """``B = s * sign(W)``; option ``scale``: ``"xavier"`` (default) or a positive number."""
 
-    name = "usf"
+    color = "#d62728"  # in plots: edges and curves of this rule
+    line_style = "--"
 
     def __init__(self, weight: Tensor, generator: torch.Generator, scale: float | str = "xavier"):
         super().__init__(weight, generator)

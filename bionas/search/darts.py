@@ -26,6 +26,8 @@ Two details beyond the DARTS paper, both so the approximation is the derivative 
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -33,27 +35,50 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
+from bionas import rules
+from bionas.configs.options import option
 from bionas.engine import check_finite
 from bionas.search.strategy import (DIVERGED_FIX, STRATEGIES, Batch, SearchStrategy, accuracy, no_feedback_redraws,
                                     preserved_batchnorm_statistics)
 
 
+@dataclass
+class DartsOptions:
+    """DARTS' architecture step (Liu et al. 2019, section 3.1.2; BioNAS appendix 7.1)."""
+
+    order: str = option("first", "first: grad at w; second: unrolled w' = w - xi grad L_train (eq. 7)",
+                        choices=("first", "second"))
+    arch_lr: float = option(3e-4, "Adam learning rate of the logits", gt=0)
+    arch_betas: tuple[float, float] = option((0.5, 0.999), "Adam betas of the logits", ge=0, lt=1)
+    arch_weight_decay: float = option(1e-3, "weight decay of the logits", ge=0)
+    unrolled_radius: float = option(0.01, "finite-difference eps = radius / ||grad_w' L_val|| (eq. 8)", gt=0)
+    arch_gradient: str = option("rule", "rule: errors flow through each edge's learning rule; exact: true gradient",
+                                choices=("rule", "exact"))
+
+
 @STRATEGIES.register("darts")
 class DartsStrategy(SearchStrategy):
-    """DARTS over (op, rule) candidates; ``config.order`` picks the first- or second-order gradient."""
+    """DARTS over (op, rule) candidates; ``options.order`` picks the first- or second-order gradient."""
 
-    name = "darts"
+    Options = DartsOptions
 
     def __init__(self, model, config):
         super().__init__(model, config)
-        self.arch_optimizer = torch.optim.Adam(model.arch_parameters(), lr=config.arch_lr,
-                                               betas=tuple(config.arch_betas), weight_decay=config.arch_weight_decay)
+        o = self.options
+        self.arch_optimizer = torch.optim.Adam(model.arch_parameters(), lr=o.arch_lr, betas=tuple(o.arch_betas),
+                                               weight_decay=o.arch_weight_decay)
+
+    def architecture_gradient_mode(self):
+        """``exact_gradients`` when the options ask for true architecture gradients, else the rules."""
+        if self.options.arch_gradient == "exact":
+            return rules.exact_gradients(self.model)
+        return nullcontext()
 
     def update_architecture(self, train_batch: Batch, val_batch: Batch, step: int) -> dict[str, float]:
         model = self.model
         model.train()
         with preserved_batchnorm_statistics(model), self.architecture_gradient_mode():
-            if self.config.order == "second":
+            if self.options.order == "second":
                 grads, loss, logits = self.unrolled_gradient(train_batch, val_batch)
             else:
                 logits = model(val_batch[0])  # (B, classes)
@@ -87,7 +112,7 @@ class DartsStrategy(SearchStrategy):
         norm = torch.sqrt(sum(vi.pow(2).sum() for vi in v))
         if float(norm) == 0.0:
             return d_alpha, loss.detach(), logits.detach()
-        eps = self.config.unrolled_radius / norm
+        eps = self.options.unrolled_radius / norm
         plus = self._train_arch_gradient(names, params, v, eps, train_batch)
         with no_feedback_redraws(model):  # the same random feedback on both sides of the difference
             minus = self._train_arch_gradient(names, params, v, -eps, train_batch)

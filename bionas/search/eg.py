@@ -3,21 +3,21 @@
 Cai, Chen, Zhang & Yuan (2024), "EG-NAS: Neural Architecture Search with Fast Evolutionary
 Exploration", AAAI, https://arxiv.org/abs/2312.08219 ; CMA-ES from ``pycma`` (Hansen et al.).
 
-After ``eg_warmup_epochs`` epochs of weight training only, each epoch begins with an evolutionary
+After ``warmup_epochs`` epochs of weight training only, each epoch begins with an evolutionary
 architecture update on one validation batch (the weights then train by SGD as in DARTS):
 
-    for restart i in 1..eg_restarts:   CMA-ES from mean = the logits a (both cells, flattened),
-                                       step size sigma_t = max(eg_sigma0 / (t + 1), eg_sigma_min)
-                                       (t = 0-based epoch), population eg_population, seeded from
-                                       (run seed, epoch, restart); eg_generations ask/tell rounds
+    for restart i in 1..restarts:   CMA-ES from mean = the logits a (both cells, flattened),
+                                       step size sigma_t = max(sigma0 / (t + 1), sigma_min)
+                                       (t = 0-based epoch), population population, seeded from
+                                       (run seed, epoch, restart); generations ask/tell rounds
     fitness (lower is better):         F(z) = CE(batch; softmax(z)) + s(z) * lam   if acc(z) >= acc(a)
                                               CE(batch; softmax(z)) - s(z) * lam   otherwise
                                        s(z) = mean over edges of (cos(a_e - mean a_e, z_e - mean z_e) + 1) / 2
-                                       lam = eg_similarity_weight
-    update with the best candidate z*: u <- eg_momentum * u + (1 - eg_momentum) * (z* - a)
-                                       a <- a + eg_step_size * u
+                                       lam = similarity_weight
+    update with the best candidate z*: u <- momentum * u + (1 - momentum) * (z* - a)
+                                       a <- a + step_size * u
                                        then, per edge, a_e <- a_e - mean(a_e) and, if
-                                       ||a_e|| > eg_max_norm, a_e <- a_e * eg_max_norm / ||a_e||
+                                       ||a_e|| > max_norm, a_e <- a_e * max_norm / ||a_e||
 
 The compound fitness follows the EG-NAS release (``CFF``): a candidate at least as accurate as the
 current architecture pays for resembling it (diversity is rewarded), a worse one is pulled back
@@ -36,7 +36,7 @@ towards it. Reconstructed where the paper and release disagree with the issue's 
   sides are centred logits, so the similarity ignores what softmax ignores.
 
 Candidates are scored without gradients, with batch statistics computed per candidate
-(a population forward of the supernet, ``eg_score_chunk`` candidates at a time)
+(a population forward of the supernet, ``score_chunk`` candidates at a time)
 and nothing left behind: running statistics, random feedback draws and local-rule weights are
 untouched.
 """
@@ -44,12 +44,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bionas.configs.options import option
 from bionas.rules.base import layer_seed
 from bionas.search.strategy import (STRATEGIES, Batch, SearchStrategy, no_feedback_redraws,
                                     preserved_batchnorm_statistics)
@@ -84,11 +86,28 @@ def _isolated_numpy_rng(seed: int):
         np.random.set_state(state)
 
 
+@dataclass
+class EGOptions:
+    """EG-NAS' evolutionary update (formulas in the module docstring); the release's defaults."""
+
+    warmup_epochs: int = option(15, "weight-only epochs before the first evolutionary update", ge=0)
+    population: int = option(50, "CMA-ES population size", ge=2)
+    restarts: int = option(3, "independent CMA-ES instances per epoch (the release's samples)", ge=1)
+    generations: int = option(1, "ask/tell rounds per instance and epoch", ge=1)
+    sigma0: float = option(1.0, "step size sigma_t = max(sigma0 / (epoch + 1), sigma_min)", gt=0)
+    sigma_min: float = option(0.02, "smallest step size", gt=0)
+    similarity_weight: float = option(0.4, "lam in F(z) = CE +- lam s(z)", ge=0)
+    step_size: float = option(0.1, "a <- a + step_size * u, u = momentum-averaged (z* - a)", gt=0)
+    momentum: float = option(0.0, "momentum of the logit update", ge=0, lt=1)
+    max_norm: float = option(3.0, "per-edge L2 cap on the centred logits after each update", gt=0)
+    score_chunk: int = option(10, "candidates scored per batched forward pass", ge=1)
+
+
 @STRATEGIES.register("eg")
 class EvolutionaryStrategy(SearchStrategy):
     """EG-NAS over (op, rule) candidates: CMA-ES on the logits once per epoch after a warm-up."""
 
-    name = "eg"
+    Options = EGOptions
 
     def __init__(self, model, config):
         super().__init__(model, config)
@@ -98,39 +117,39 @@ class EvolutionaryStrategy(SearchStrategy):
 
     # --- the loop's interface -------------------------------------------------------------------
     def update_architecture(self, train_batch: Batch, val_batch: Batch, step: int) -> dict[str, float]:
-        if self.epoch < self.config.eg_warmup_epochs or self._evolved_epoch == self.epoch:
+        if self.epoch < self.options.warmup_epochs or self._evolved_epoch == self.epoch:
             return {}
         self._evolved_epoch = self.epoch
         return self.evolve(val_batch)
 
     def sigma(self, epoch: int | None = None) -> float:
         epoch = self.epoch if epoch is None else epoch
-        return max(self.config.eg_sigma0 / (epoch + 1), self.config.eg_sigma_min)
+        return max(self.options.sigma0 / (epoch + 1), self.options.sigma_min)
 
     def evolve(self, batch: Batch) -> dict[str, float]:
         """One evolutionary update of the logits from ``batch`` (logged in :attr:`fitness_log`)."""
         import cma
 
-        config, model = self.config, self.model
+        config, options, model = self.config, self.options, self.model
         current = torch.stack([p.detach() for p in model.arch_parameters()]).cpu().double()  # (2, E, K)
         shape = current.shape
         current_ce, current_acc = self.score(current[None], batch)
         best_z, best_f = None, math.inf
         sigma = self.sigma()
-        for restart in range(config.eg_restarts):
+        for restart in range(options.restarts):
             seed = layer_seed(config.seed, 1_000_003 * self.epoch + restart)
             rng = np.random.default_rng(seed)
-            opts = {"popsize": config.eg_population, "seed": float("nan"), "verbose": -9,
+            opts = {"popsize": options.population, "seed": float("nan"), "verbose": -9,
                     "randn": lambda *size: rng.standard_normal(size), "verb_log": 0, "verb_disp": 0,
                     "CMA_diagonal": False}
             with _isolated_numpy_rng(seed):
                 es = cma.CMAEvolutionStrategy(current.flatten().numpy(), sigma, opts)
-                for generation in range(config.eg_generations):
+                for generation in range(options.generations):
                     solutions = es.ask()
                     z = torch.from_numpy(np.stack(solutions)).view(-1, *shape)  # (P, 2, E, K)
                     ce, acc = self.score(z, batch)
                     sim = similarity(current.flatten(0, 1), z.flatten(1, 2))
-                    fitness = compound_fitness(ce, acc, float(current_acc[0]), sim, config.eg_similarity_weight)
+                    fitness = compound_fitness(ce, acc, float(current_acc[0]), sim, options.similarity_weight)
                     es.tell(solutions, fitness.tolist())
                     i = int(torch.argmin(fitness))
                     if float(fitness[i]) < best_f:
@@ -144,12 +163,12 @@ class EvolutionaryStrategy(SearchStrategy):
 
     @torch.no_grad()
     def _move_logits(self, best: Tensor, current: Tensor) -> None:
-        m = self.config.eg_momentum
+        m = self.options.momentum
         self.momentum_buffer = m * self.momentum_buffer + (1 - m) * (best - current).float()
-        new = current.float() + self.config.eg_step_size * self.momentum_buffer  # (2, E, K)
+        new = current.float() + self.options.step_size * self.momentum_buffer  # (2, E, K)
         new = new - new.mean(-1, keepdim=True)
         norm = new.norm(dim=-1, keepdim=True)
-        new = torch.where(norm > self.config.eg_max_norm, new * self.config.eg_max_norm / norm, new)
+        new = torch.where(norm > self.options.max_norm, new * self.options.max_norm / norm, new)
         for p, value in zip(self.model.arch_parameters(), new):
             p.copy_(value.to(p.device, p.dtype))
 
@@ -164,7 +183,7 @@ class EvolutionaryStrategy(SearchStrategy):
         was_training = model.training
         model.train()
         with preserved_batchnorm_statistics(model), no_feedback_redraws(model):
-            for chunk in weights.split(self.config.eg_score_chunk):
+            for chunk in weights.split(self.options.score_chunk):
                 out = model(x, (chunk[:, 0], chunk[:, 1]))  # (p, B, classes), per-candidate batch statistics
                 target = y.expand(len(chunk), -1)
                 ces.append(F.cross_entropy(out.flatten(0, 1), target.flatten(), reduction="none")

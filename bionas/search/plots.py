@@ -11,10 +11,18 @@ import numpy as np
 
 from bionas.candidate import Candidate
 from bionas.io import save_figure
+from bionas.rules import RULES
 from bionas.genotype import Genotype, edge_index
 
-RULE_STYLES = {"bp": "-", "fa": ":", "usf": "--", "brsf": "-.", "frsf": (0, (5, 1, 1, 1, 1, 1))}
-RULE_COLOURS = {"bp": "#444444", "fa": "#1f77b4", "usf": "#d62728", "brsf": "#2ca02c", "frsf": "#9467bd"}
+
+
+def rule_colour(rule: str) -> str:
+    """The colour the rule registry gives ``rule``."""
+    return RULES.get(rule).color
+
+
+def rule_style(rule: str):
+    return RULES.get(rule).line_style
 
 
 def _pyplot():
@@ -52,13 +60,13 @@ def plot_mixing_weights(arch_history: list[dict], path: str | Path) -> None:
             ax = axes[node - 2, c * (nodes + 1) + source]
             ax.set_visible(True)
             for k, cand in enumerate(candidates):
-                ax.plot(epochs, series[:, e, k], color=colours[cand.op], linestyle=RULE_STYLES.get(cand.rule, "-"),
+                ax.plot(epochs, series[:, e, k], color=colours[cand.op], linestyle=rule_style(cand.rule),
                         linewidth=1.0, marker="." if len(epochs) < 3 else None)
             ax.set_title(f"{cell}: {source} -> {node}", fontsize=8)
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
     handles = [plt.Line2D([], [], color=colours[op]) for op in colours]
-    handles += [plt.Line2D([], [], color="black", linestyle=RULE_STYLES.get(r, "-"))
+    handles += [plt.Line2D([], [], color="black", linestyle=rule_style(r))
                 for r in dict.fromkeys(c.rule for c in candidates)]
     labels = list(colours) + [f"rule {r}" for r in dict.fromkeys(c.rule for c in candidates)]
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 7), fontsize=8, frameon=False)
@@ -82,11 +90,11 @@ def _draw_cell(ax, genotype: Genotype, cell: str) -> None:
         (x0, y0), (x1, y1) = pos[e.source], pos[e.node]
         rad = 0.25 if (e.node - e.source) > 1 else 0.0
         ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
-                    arrowprops=dict(arrowstyle="-|>", color=RULE_COLOURS.get(e.rule, "black"), lw=1.4,
+                    arrowprops=dict(arrowstyle="-|>", color=rule_colour(e.rule), lw=1.4,
                                     shrinkA=14, shrinkB=14, connectionstyle=f"arc3,rad={rad}"))
         mx, my = (x0 + x1) / 2, (y0 + y1) / 2 + rad * 0.5 * (x1 - x0)
         ax.text(mx, my, f"{e.op}\n{e.rule}", fontsize=6.5, ha="center", va="center",
-                color=RULE_COLOURS.get(e.rule, "black"),
+                color=rule_colour(e.rule),
                 bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
     for c in concat:
         (x0, y0), (x1, y1) = pos[c], pos["out"]
@@ -109,7 +117,7 @@ def draw_cells(genotype: Genotype, path: str | Path) -> None:
     for ax, cell in zip(axes, ("normal", "reduce")):
         _draw_cell(ax, genotype, cell)
     rules_used = list(dict.fromkeys(e.rule for e in (*genotype.normal, *genotype.reduce)))
-    handles = [plt.Line2D([], [], color=RULE_COLOURS.get(r, "black"), lw=2) for r in rules_used]
+    handles = [plt.Line2D([], [], color=rule_colour(r), lw=2) for r in rules_used]
     fig.legend(handles, rules_used, loc="lower center", ncol=len(rules_used), fontsize=8, frameon=False,
                title="learning rule", title_fontsize=8)
     if genotype.space:

@@ -32,7 +32,7 @@ from bionas.data import TRAIN_AUGMENTATION, BatchLoader, BatchStream, load_datas
 from bionas.engine import resolve_device
 from bionas.errors import ConfigError
 from bionas.io import atomic_open, checkpoint_to_resume, save_csv, save_json, save_torch
-from bionas.configs.options import check_resume
+from bionas.configs.options import check, check_resume
 from bionas.search.config import SearchConfig, apply_options
 from bionas.genotype import Genotype
 from bionas.space import load_space
@@ -49,6 +49,15 @@ class SearchResult:
     genotype: Genotype
     history: pd.DataFrame  # one row per epoch
     out: Path
+
+    def summary(self) -> str:
+        """What the command line prints at the end."""
+        lines = []
+        if len(self.history):
+            last = self.history.iloc[-1]
+            lines.append(f"searched {len(self.history)} epochs: final train acc {last['train_acc']:.3f}, "
+                         f"val acc {last['val_acc']:.3f}, {self.history['seconds'].sum():.0f} s in all")
+        return "\n".join([*lines, f"genotype: {self.genotype.to_darts_literal()}"])
 
 
 class _Search:
@@ -130,7 +139,7 @@ def run_search(config: SearchConfig, resume: bool = False, overrides: dict | Non
     it. ``on_epoch_end(epoch)`` is called after each epoch's checkpoint is on disk (tests use it
     to interrupt a run).
     """
-    config.validate()
+    config = check(config)
     out = Path(config.out)
     state = checkpoint_to_resume(out, resume, CHECKPOINT_FORMAT, "search", "genotype.json")
     if state is not None:

@@ -10,11 +10,14 @@ and a config, and one loop (:func:`bionas.search.run.run_search`) drives every s
 
 The base class trains the weights the same way for every strategy (SGD with Nesterov momentum,
 cosine schedule, gradient clipping: BioNAS appendix 7.1); a subclass implements
-:meth:`update_architecture`. Register a new strategy with ``@STRATEGIES.register("name")``.
+:meth:`update_architecture` and declares its own options as a dataclass in ``Options`` (fields
+made with :func:`bionas.configs.options.option`, so they are checked like every config field).
+Register a new strategy with ``@STRATEGIES.register("name")``, which also sets its ``name``.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+import dataclasses
+from contextlib import contextmanager
 from typing import Iterator
 
 import torch
@@ -22,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bionas import rules
+from bionas.configs.options import apply_options, check
 from bionas.engine import check_finite
 from bionas.registry import Registry
 from bionas.genotype import Genotype
@@ -70,18 +74,31 @@ def accuracy(logits: Tensor, y: Tensor) -> float:
     return float((logits.argmax(1) == y).float().mean())
 
 
+@dataclasses.dataclass
+class NoOptions:
+    """A strategy without options of its own."""
+
+
 class SearchStrategy:
     """Base of all strategies: owns the weight optimiser and its schedule.
 
     Args:
         model: the supernet (its architecture logits are left to the subclass).
-        config: a :class:`~bionas.search.config.SearchConfig`.
+        config: a :class:`~bionas.search.config.SearchConfig`; the strategy's own options are
+            ``self.options``, an instance of its ``Options`` dataclass.
     """
 
-    name = ""
+    name = ""  # set by STRATEGIES.register
+    Options: type = NoOptions
+
+    @classmethod
+    def options_from(cls, mapping: dict):
+        """``cls.Options`` from a mapping of option values, checked; unknown keys are errors."""
+        return check(apply_options(cls.Options(), mapping, f"strategy_options.{cls.name}", f"{cls.name} strategy"))
 
     def __init__(self, model, config):
         self.model, self.config = model, config
+        self.options = config.options_for(self.name)
         self.weight_optimizer = torch.optim.SGD(
             list(model.weight_parameters()), lr=config.lr, momentum=config.momentum,
             nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay)
@@ -141,12 +158,6 @@ class SearchStrategy:
             nn.utils.clip_grad_norm_(self.weight_optimizer.param_groups[0]["params"], self.config.grad_clip)
         self.weight_optimizer.step()
         return {"loss": value, "acc": accuracy(logits, y)}
-
-    def architecture_gradient_mode(self):
-        """``exact_gradients`` when the config asks for true architecture gradients, else the rules."""
-        if self.config.arch_gradient == "exact":
-            return rules.exact_gradients(self.model)
-        return nullcontext()
 
 
 @torch.no_grad()

@@ -46,7 +46,7 @@ from bionas.io import atomic_open, checkpoint_to_resume, save_csv, save_figure, 
 from bionas.genotype import Genotype
 from bionas.engine import resolve_device
 from bionas.train import distributed
-from bionas.train.config import TrainConfig, apply_options
+from bionas.train.config import TrainConfig, apply_options, check
 from bionas.train.model import CHECKPOINT_FORMAT, DataShape, WithAuxiliary, build_network, training_genotype
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,13 @@ class TrainResult:
     history: pd.DataFrame  # one row per epoch
     test_acc: float
     out: Path
+
+    def summary(self) -> str:
+        """What the command line prints at the end (rank 0 only under torchrun)."""
+        if not distributed.from_environment().main or not len(self.history):
+            return ""
+        return (f"trained {len(self.history)} epochs in {self.history['seconds'].sum():.0f} s: final train acc "
+                f"{self.history['train_acc'].iloc[-1]:.3f}, test acc {self.test_acc:.4f}")
 
 
 def device_for(config: TrainConfig, context: distributed.Context) -> torch.device:
@@ -238,7 +245,7 @@ class _Training:
 def resumed_config(state: dict, overrides: dict | None = None) -> TrainConfig:
     """The config saved in a checkpoint; ``overrides`` may only repeat it (or change ``out``,
     ``progress``, ``device``, ``workers``)."""
-    saved = apply_options(TrainConfig(), state["config"], "the checkpoint")
+    saved = check(apply_options(TrainConfig(), state["config"], "the checkpoint"))
     check_resume(saved, overrides, ("progress", "out", "device", "workers"), "train")
     return saved
 
@@ -252,7 +259,7 @@ def run_train(config: TrainConfig, resume: bool = False, overrides: dict | None 
     it. ``on_epoch_end(epoch)`` is called after each epoch's checkpoint is on disk.
     """
     if not resume:
-        config.validate()
+        config = check(config)
     context = distributed.from_environment()
     out = Path(config.out)
     state = checkpoint_to_resume(out, resume, CHECKPOINT_FORMAT, "training run", "results.json")
