@@ -1,7 +1,23 @@
-"""Minimal training and evaluation steps shared by the commands."""
+"""The training engine: the one weight-training step, evaluation, and the one checkpoint format.
+
+Every place that trains weights -- ``bionas train`` (cell networks, ResNets), the search
+strategies' weight step, the Hebbian CNN's backprop run and linear read-out, ``bionas
+quickstart`` -- calls :func:`train_step`; it is also the one place where local learning rules
+(``hebbian``, ``pc``) are switched on (:func:`bionas.rules.local_updates`), so they learn in
+weight-training steps and nowhere else.
+
+Every resumable run saves one kind of checkpoint (:func:`save_checkpoint`): a dict with the
+format tag, the kind of run, the package version, the resolved config, the epoch, the history,
+the global random states, and whatever the run adds (model and optimiser states, data-loader and
+generator states). :func:`checkpoint_to_resume` is the one resume path: a fresh run refuses an
+output folder that holds a run, ``--resume`` needs a checkpoint of the same kind.
+"""
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -45,34 +61,48 @@ def resolve_device(name: str) -> torch.device:
 
 
 class TrainingDiverged(BionasError):
-    """The loss became NaN or infinite."""
+    """The loss (or the gradient norm) became NaN or infinite."""
 
 
 def check_finite(loss: torch.Tensor, step: int, what: str = "training",
                  fix: str = "lower the learning rate (--lr)") -> float:
-    """Return ``loss`` as a float, or raise :class:`TrainingDiverged` naming the step and ``fix``
-    (a command with more remedies, such as gradient clipping, passes its own)."""
+    """Return ``loss`` as a float, or raise :class:`TrainingDiverged` naming the step and ``fix``."""
     value = float(loss.detach())
     if not math.isfinite(value):
         raise TrainingDiverged(f"{what} loss became {value} at step {step}; {fix}, then rerun")
     return value
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               step: int, grad_clip: float | None = None) -> tuple[float, float]:
-    """One SGD step on a batch; returns (loss, accuracy). Local rules (hebbian, pc) update
-    their weights during this step's forward, and only here."""
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, step: int,
+               forward: Callable[[torch.Tensor], Any] | None = None,
+               loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None, grad_clip: float = 0.0,
+               parameters=None, autocast: Callable = nullcontext, local: bool = True, what: str = "training",
+               fix: str = "lower the learning rate (--lr)") -> tuple[float, Any]:
+    """One optimiser step on a batch; returns (loss, the model's output).
+
+    ``forward(x)`` (default ``model(x)``; the supernet's weight step passes its fixed mixing
+    weights this way) runs with ``model`` in training mode, under ``autocast()``, with local-rule
+    updates switched on (``local``; layers of other rules ignore it); ``loss_fn(output, y)`` defaults to the
+    cross-entropy. Gradients of ``parameters`` (default: the optimiser's) are clipped to global
+    norm ``grad_clip`` (0: no clipping; the norm is still computed, to catch divergence). A
+    non-finite loss or gradient norm raises :class:`TrainingDiverged` naming ``step`` and
+    ``fix`` before the optimiser moves, so the last checkpoint stays the last good state.
+    """
     model.train()
-    with rules.local_updates(model):
-        logits = model(x)  # (B, classes)
-    loss = F.cross_entropy(logits, y)
-    value = check_finite(loss, step)
+    with autocast(), rules.local_updates(model, local):
+        out = model(x) if forward is None else forward(x)
+    loss = loss_fn(out, y) if loss_fn is not None else F.cross_entropy(out, y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if grad_clip:
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if parameters is None:
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    # under DDP the all-reduced gradient norm is the same on every rank, so all ranks stop together
+    norm = float(nn.utils.clip_grad_norm_(parameters, grad_clip or math.inf))
+    value = float(loss.detach())
+    if not (math.isfinite(value) and math.isfinite(norm)):
+        raise TrainingDiverged(f"{what} loss became {value} (gradient norm {norm}) at step {step}; {fix}, then rerun")
     optimizer.step()
-    return value, float((logits.argmax(1) == y).float().mean())
+    return value, out
 
 
 @torch.no_grad()
@@ -88,3 +118,67 @@ def evaluate(model: nn.Module, loader) -> tuple[float, float]:
         n += len(y)
     model.train(was_training)
     return total_loss / max(n, 1), correct / max(n, 1)
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+CHECKPOINT_FORMAT = "bionas-checkpoint/1"
+
+
+def random_state(device: torch.device | None = None) -> dict:
+    """The global random states a run draws from (torch's CPU generator, and CUDA's on a GPU)."""
+    state = {"torch": torch.get_rng_state()}
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_random_state(state: dict, device: torch.device | None = None) -> None:
+    torch.set_rng_state(state["torch"])
+    if device is not None and device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def save_checkpoint(path: str | Path, kind: str, config, epoch: int, history: list, device=None, **state) -> None:
+    """Write the checkpoint of a ``kind`` run (``search``, ``train``, ``hebbian``) atomically."""
+    import bionas
+    from bionas.io import save_torch
+
+    save_torch({"format": CHECKPOINT_FORMAT, "kind": kind, "bionas_version": bionas.__version__,
+                "config": config.to_dict(), "epoch": epoch, "history": list(history),
+                "random_state": random_state(device), **state}, path)
+
+
+def load_checkpoint(path: str | Path, kind: str) -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint` for a ``kind`` run; a missing,
+    truncated or foreign file is a one-line error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"{path} cannot be read as a checkpoint ({reason}): it is truncated or not a "
+                          f"bionas checkpoint; rerun the run that wrote it") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or state.get("kind") != kind:
+        found = state.get("kind") if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT else None
+        raise ConfigError(f"{path} is not a bionas {kind} checkpoint" + (f" (it is a {found} checkpoint)" if found else ""))
+    return state
+
+
+def checkpoint_to_resume(out: str | Path, resume: bool, kind: str, what: str, finished: str) -> dict | None:
+    """The checkpoint in ``out`` to resume from, or ``None`` for a fresh run.
+
+    A fresh run refuses an ``out`` that already holds a run (its ``checkpoint.pt`` or its
+    ``finished`` file), so results are never overwritten; ``resume`` needs a ``kind`` checkpoint.
+    ``what`` names the kind of run in the errors ("search", "training run").
+    """
+    out = Path(out)
+    path = out / "checkpoint.pt"
+    if resume:
+        if not path.is_file():
+            raise ConfigError(f"nothing to resume: {path} does not exist (run without --resume to start)")
+        return load_checkpoint(path, kind)
+    if path.exists() or (out / finished).exists():
+        raise ConfigError(f"{out} already holds a {what}; pass --resume to continue it or choose another --out")
+    return None

@@ -53,28 +53,3 @@ def save_torch(obj: Any, path: str | Path) -> None:
 def save_figure(fig, path: str | Path, dpi: int = 120) -> None:
     with atomic_open(path, "wb") as fh:
         fig.savefig(fh, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
-
-
-def checkpoint_to_resume(out: str | Path, resume: bool, fmt: str, what: str, finished: str) -> dict | None:
-    """The checkpoint in ``out`` to resume from, or ``None`` for a fresh run.
-
-    A fresh run refuses an ``out`` that already holds a run (its ``checkpoint.pt`` or its
-    ``finished`` file), so results are never overwritten; ``resume`` needs a checkpoint whose
-    ``format`` is ``fmt``. ``what`` names the kind of run in the errors ("search", "training run").
-    """
-    import torch
-
-    from bionas.errors import ConfigError
-
-    out = Path(out)
-    path = out / "checkpoint.pt"
-    if resume:
-        if not path.is_file():
-            raise ConfigError(f"nothing to resume: {path} does not exist (run without --resume to start)")
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(state, dict) or state.get("format") != fmt:
-            raise ConfigError(f"{path} is not a bionas {what} checkpoint")
-        return state
-    if path.exists() or (out / finished).exists():
-        raise ConfigError(f"{out} already holds a {what}; pass --resume to continue it or choose another --out")
-    return None

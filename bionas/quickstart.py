@@ -145,7 +145,8 @@ def _train(model, optimizer, loader: BatchLoader, config: QuickstartConfig, labe
     bar = tqdm(total=config.steps, desc=f"{label:>6}", disable=None if config.progress else True, leave=False)
     while len(losses) < config.steps:
         for x, y in loader:
-            loss, acc = train_step(model, optimizer, x, y, step=len(losses))
+            loss, logits = train_step(model, optimizer, x, y, step=len(losses))
+            acc = float((logits.detach().argmax(1) == y).float().mean())
             losses.append(loss)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.2f}")

@@ -25,6 +25,7 @@ import torch  # noqa: E402
 
 from bionas.configs.options import parse_assignment  # noqa: E402
 from bionas import configs  # noqa: E402
+from bionas.engine import load_checkpoint  # noqa: E402
 from bionas.hebbian import HebbianCNN, resolve_config, run_hebbian  # noqa: E402
 from bionas.hebbian.run import moved_filters, unfinished  # noqa: E402
 from bionas.io import atomic_open, save_csv  # noqa: E402
@@ -41,13 +42,13 @@ def filters_trained(run_dir: Path, results: dict, angles=(1.0, 10.0)) -> dict[fl
     """Per angle, each layer's fraction of filters the Hebbian phase turned by more than that many
     degrees, from the saved layers against the initial weights their config rebuilds (the
     initialisation is seeded). > 1 degree: touched by the rule at all; > 10: substantially trained."""
-    saved = run_dir / "hebbian_layers.pt"
+    saved = run_dir / "checkpoint.pt"
     if results["learning"] != "hebbian" or not saved.exists():
         return None
     config = resolve_config(config_file=run_dir / "config.yaml")
     net = HebbianCNN(3, 10, 32, config)  # the seeded convolutions do not depend on classes or image size
     initial = {name: layer.weight.detach().clone() for name, layer in rule_layers(net)}
-    net.blocks.load_state_dict(torch.load(saved, map_location="cpu", weights_only=True))
+    net.blocks.load_state_dict(load_checkpoint(saved, "hebbian")["model"])
     return {angle: moved_filters(initial, net, angle) for angle in angles}
 
 

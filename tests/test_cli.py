@@ -72,7 +72,7 @@ def test_divergence_is_one_line_and_writes_no_results(tmp_path, capsys):
                  "--out", str(tmp_path), "--no-progress"])
     assert code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith("bionas: error: training loss became nan at step") and "--lr" in last
+    assert last.startswith("bionas: error: training loss became nan (gradient norm nan) at step") and "--lr" in last
     assert not any(tmp_path.iterdir())  # nothing written, config.json included
 
 

@@ -6,6 +6,7 @@ import torch
 
 from bionas.errors import ConfigError
 from bionas import configs
+from bionas.engine import load_checkpoint
 from bionas.hebbian import HebbianCNN, Triangle, ZCA, resolve_config
 from bionas.hebbian.run import classifier_lr, preprocess
 from bionas.rules import rule_layers
@@ -112,7 +113,7 @@ def test_small_real_runs_learn_locally_write_results_and_refuse_a_used_out(cifar
     config = resolve_config("hard_wta_bcm_surround", overrides={**base, "out": str(tmp_path / "bcm")})
     start = {n: layer.weight.detach().clone() for n, layer in rule_layers(HebbianCNN(3, 10, 32, config))}
     result = run_hebbian(config)
-    saved = torch.load(tmp_path / "bcm" / "hebbian_layers.pt", weights_only=True)
+    saved = load_checkpoint(tmp_path / "bcm" / "checkpoint.pt", "hebbian")["model"]
     for name, w0 in start.items():
         w = saved[name.removeprefix("blocks.") + ".weight"]
         assert torch.isfinite(w).all() and not torch.equal(w, w0), name  # the hebbian phase changed every layer
@@ -145,8 +146,8 @@ def test_backprop_setup_resumes_bit_for_bit_from_its_per_epoch_state(cifar10_roo
     assert list(resumed.history["epoch"]) == [1, 2] and resumed.results["epochs"] == 2
     for column in ("train_loss", "train_acc", "test_acc"):
         assert list(resumed.history[column]) == list(straight.history[column]), column
-    a = torch.load(tmp_path / "a" / "backprop_state.pt", weights_only=True)["net"]
-    b = torch.load(tmp_path / "b" / "backprop_state.pt", weights_only=True)["net"]
+    a = load_checkpoint(tmp_path / "a" / "checkpoint.pt", "hebbian")["model"]
+    b = load_checkpoint(tmp_path / "b" / "checkpoint.pt", "hebbian")["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     # a finished run goes on to more epochs with --resume (and only then, and only to more)

@@ -12,7 +12,7 @@ from bionas.search import resolve_config, run_search
 from bionas.space import load_space
 from bionas.configs.options import parse_assignment
 from bionas.search.config import SearchConfig
-from bionas.search.run import CHECKPOINT_FORMAT
+from bionas.engine import CHECKPOINT_FORMAT
 from conftest import Killed
 
 SPACE = """\

@@ -17,11 +17,10 @@ evaluated after every classifier epoch, as the paper does; ``results.json`` repo
 epoch's accuracy and, separately, the best epoch's (the paper's "optimal test performance within
 20 epochs", which selects on test data and so flatters every preset alike).
 
-Outputs in ``out``: ``config.yaml``, ``run_info.json``, ``hebbian_layers.pt`` (the frozen
-convolutions and BN statistics after phase 1, written atomically; ``--resume`` reuses it),
-``backprop_state.pt`` (backprop preset: network, optimiser and history after every epoch; ``--resume``
-continues from it, also to more epochs), ``train_log.csv`` (per epoch), ``curves.png``,
-``results.json``.
+Outputs in ``out``: ``config.yaml``, ``run_info.json``, ``checkpoint.pt`` (the engine's
+checkpoint: after phase 1 the frozen convolutions and BN statistics, which ``--resume`` reuses;
+for the backprop preset the network, optimiser and history after every epoch, which ``--resume``
+continues, also to more epochs), ``train_log.csv`` (per epoch), ``curves.png``, ``results.json``.
 """
 from __future__ import annotations
 
@@ -41,16 +40,19 @@ from torch import Tensor, nn
 import bionas
 from bionas import rules
 from bionas.data import load_dataset
-from bionas.engine import TrainingDiverged
+from bionas.engine import (TrainingDiverged, load_checkpoint, restore_random_state, save_checkpoint,
+                           train_step)
 from bionas.configs.options import check
 from bionas.errors import ConfigError
 from bionas.hebbian.config import HebbianConfig
 from bionas.hebbian.network import HebbianCNN
 from bionas.hebbian.whitening import ZCA
-from bionas.io import atomic_open, save_csv, save_figure, save_json, save_torch
+from bionas.io import atomic_open, save_csv, save_figure, save_json
 from bionas.engine import resolve_device
 
 log = logging.getLogger(__name__)
+
+CHECKPOINT_KIND = "hebbian"
 
 
 @dataclass
@@ -168,19 +170,12 @@ def train_readout(net: HebbianCNN, features: tuple[Tensor, Tensor], labels: tupl
         lr = classifier_lr(config, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        head.train()
         loss_sum, correct = 0.0, 0
-        for idx in _batches(len(f_train), config.classifier_batch_size, gen):
-            logits = head(f_train[idx.to(device)].float())
-            loss = F.cross_entropy(logits, y_train[idx].to(device))
-            if not math.isfinite(float(loss.detach())):
-                raise TrainingDiverged(f"classifier loss became {float(loss.detach())} in epoch {epoch + 1}; lower "
-                                       f"--set classifier_lr=... and rerun")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += float(loss.detach()) * len(idx)
-            correct += int((logits.argmax(1).cpu() == y_train[idx]).sum())
+        for i, idx in enumerate(_batches(len(f_train), config.classifier_batch_size, gen)):
+            value, logits = train_step(head, optimizer, f_train[idx.to(device)].float(), y_train[idx].to(device), i,
+                                       what="classifier", fix=f"(epoch {epoch + 1}) lower --set classifier_lr=...")
+            loss_sum += value * len(idx)
+            correct += int((logits.detach().argmax(1).cpu() == y_train[idx]).sum())
         head.eval()
         test_acc = _accuracy(lambda f: head(f.float()), f_test, y_test, config.eval_batch_size)
         history.append({"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / len(f_train),
@@ -195,43 +190,37 @@ def train_backprop(net: HebbianCNN, x: tuple[Tensor, Tensor], y: tuple[Tensor, T
     """The same network end to end by Adam (the paper's backprop comparison).
 
     With ``state_path`` the network, optimiser, shuffling generator and history are saved there
-    (atomically) after every epoch; ``resume`` continues from that file, bit for bit as if never
-    stopped, also to a larger ``backprop_epochs`` than the saved run was started with. Each
-    history row records the epoch's ``seconds`` (training and test evaluation).
+    (the engine's checkpoint, atomically) after every epoch; ``resume`` continues from it, bit for
+    bit as if never stopped, also to a larger ``backprop_epochs`` than the saved run was started
+    with. Each history row records the epoch's ``seconds`` (training and test evaluation).
     """
     (x_train, x_test), (y_train, y_test) = x, y
     optimizer = torch.optim.Adam(net.parameters(), lr=config.backprop_lr)
     gen = torch.Generator().manual_seed(config.seed + 1)
     history = []
     if resume and state_path is not None and state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        net.load_state_dict(state["net"])
+        state = load_checkpoint(state_path, CHECKPOINT_KIND)
+        if state.get("phase") != "backprop":
+            raise ConfigError(f"{state_path} holds a {state.get('phase')} phase, not backprop epochs; choose "
+                              f"another --out for the backprop preset")
+        net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"])
-        torch.set_rng_state(state["rng"])  # dropout draws from the global generators
-        if device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-        history = [dict(zip(state["history_keys"], row)) for row in state["history"].tolist()]
-        for row in history:
-            row["epoch"] = int(row["epoch"])
+        restore_random_state(state["random_state"], device)  # dropout draws from the global generators
+        history = list(state["history"])
         log.info("resumed: backprop state after epoch %d loaded from %s", len(history), state_path)
     for epoch in range(len(history), config.backprop_epochs):
         epoch_start = time.perf_counter()
-        net.train()
         loss_sum, correct = 0.0, 0
         bar = _bar(-(-len(x_train) // config.classifier_batch_size), f"epoch {epoch + 1}/{config.backprop_epochs}",
                    config)
-        for idx in _batches(len(x_train), config.classifier_batch_size, gen):
+        for i, idx in enumerate(_batches(len(x_train), config.classifier_batch_size, gen)):
             batch = x_train[idx].to(device)
-            logits = net(_flip(batch, gen) if config.flip else batch)
-            loss = F.cross_entropy(logits, y_train[idx].to(device))
-            if not math.isfinite(float(loss.detach())):
-                raise TrainingDiverged(f"loss became {float(loss.detach())} in epoch {epoch + 1}; lower --set backprop_lr=...")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += float(loss.detach()) * len(idx)
-            correct += int((logits.argmax(1).cpu() == y_train[idx]).sum())
+            value, logits = train_step(net, optimizer, _flip(batch, gen) if config.flip else batch,
+                                       y_train[idx].to(device), i, what="backprop",
+                                       fix=f"(epoch {epoch + 1}) lower --set backprop_lr=...")
+            loss_sum += value * len(idx)
+            correct += int((logits.detach().argmax(1).cpu() == y_train[idx]).sum())
             bar.update(1)
         bar.close()
         net.eval()
@@ -242,15 +231,8 @@ def train_backprop(net: HebbianCNN, x: tuple[Tensor, Tensor], y: tuple[Tensor, T
         log.info("backprop epoch %d/%d: train acc %.4f, test acc %.4f (%.0f s)", epoch + 1, config.backprop_epochs,
                  history[-1]["train_acc"], test_acc, history[-1]["seconds"])
         if state_path is not None:
-            keys = list(history[-1])  # rows saved by an older version may lack "seconds": NaN there
-            rng = {"rng": torch.get_rng_state()}
-            if device.type == "cuda":
-                rng["cuda_rng"] = torch.cuda.get_rng_state(device)
-            save_torch({"net": net.state_dict(), "optimizer": optimizer.state_dict(), "generator": gen.get_state(),
-                        **rng, "history_keys": keys,
-                        "history": torch.tensor([[row.get(k, math.nan) for k in keys] for row in history],
-                                                dtype=torch.float64)},
-                       state_path)
+            save_checkpoint(state_path, CHECKPOINT_KIND, config, epoch + 1, history, device, phase="backprop",
+                            model=net.state_dict(), optimizer=optimizer.state_dict(), generator=gen.get_state())
     return history
 
 
@@ -276,22 +258,21 @@ def unfinished(out: str | Path) -> bool:
     """Whether ``out`` holds a run that saved progress (Hebbian layers, or a backprop epoch) but no
     results yet: ``run_hebbian(..., resume=True)`` continues it."""
     out = Path(out)
-    return not (out / "results.json").exists() and any(
-        (out / name).exists() for name in ("hebbian_layers.pt", "backprop_state.pt"))
+    return not (out / "results.json").exists() and (out / "checkpoint.pt").exists()
 
 
 def run_hebbian(config: HebbianConfig, resume: bool = False) -> HebbianResult:
     """Run one preset end to end (see the module docstring); returns its results."""
     config = check(config)
     out = Path(config.out)
-    saved_layers, saved_backprop = out / "hebbian_layers.pt", out / "backprop_state.pt"
+    saved = out / "checkpoint.pt"  # phase "hebbian": the learned layers; phase "backprop": the epochs so far
     previous = None  # the results of a finished backprop run that --resume takes to more epochs
     if (out / "results.json").exists():
-        if not (resume and config.learning == "backprop" and saved_backprop.exists()):
+        if not (resume and config.learning == "backprop" and saved.exists()):
             raise ConfigError(f"{out} already holds a finished hebbian run; choose another --out (a finished "
                               f"backprop run goes on to more epochs with --resume --epochs N)")
         previous = json.loads((out / "results.json").read_text())
-        done = previous["epochs"] if "epochs" in previous else len(pd.read_csv(out / "train_log.csv"))
+        done = previous["epochs"]
         if config.backprop_epochs <= done:
             raise ConfigError(f"{out} already holds {done} backprop epochs; ask for more with --resume --epochs N "
                               f"(N > {done})")
@@ -318,14 +299,17 @@ def run_hebbian(config: HebbianConfig, resume: bool = False) -> HebbianResult:
             log.info("learning none: the convolutions keep their random initialisation (a control)")
         else:
             initial = {name: layer.weight.detach().cpu().clone() for name, layer in rules.rule_layers(net)}
-            if resume and saved_layers.exists():
-                net.blocks.load_state_dict(torch.load(saved_layers, map_location=device, weights_only=True))
-                log.info("resumed: hebbian layers loaded from %s", saved_layers)
+            if resume and saved.exists():
+                state = load_checkpoint(saved, CHECKPOINT_KIND)
+                net.blocks.load_state_dict(state["model"])
+                timings["hebbian_seconds"] = state["hebbian_seconds"]
+                log.info("resumed: hebbian layers loaded from %s", saved)
             else:
                 start = time.perf_counter()
                 hebbian_phase(net, x_train, config, device)
                 timings["hebbian_seconds"] = time.perf_counter() - start
-                save_torch(net.blocks.state_dict(), saved_layers)
+                save_checkpoint(saved, CHECKPOINT_KIND, config, config.hebbian_epochs, [], device, phase="hebbian",
+                                model=net.blocks.state_dict(), hebbian_seconds=timings["hebbian_seconds"])
                 log.info("hebbian phase: %.1f s", timings["hebbian_seconds"])
             extra["moved_filters"] = moved_filters(initial, net)
             log.info("filters trained by the hebbian phase (direction moved > 1 degree), per layer: %s",
@@ -339,15 +323,10 @@ def run_hebbian(config: HebbianConfig, resume: bool = False) -> HebbianResult:
     else:
         start = time.perf_counter()
         history = train_backprop(net, (x_train, x_test), (train.labels, test.labels), config, device,
-                                 state_path=saved_backprop, resume=resume)
+                                 state_path=saved, resume=resume)
         this_call = time.perf_counter() - start
         # earlier epochs' time: the finished run's record, else the resumed rows' own seconds
-        seconds = [row.get("seconds", math.nan) for row in history]
-        before = previous["backprop_seconds"] if previous else max(0.0, math.fsum(seconds) - this_call)
-        if not math.isfinite(before):
-            log.warning("the resumed epochs' time is unknown (saved by an older bionas): backprop_seconds and "
-                        "wall_seconds count this run only")
-            before = 0.0
+        before = previous["backprop_seconds"] if previous else max(0.0, math.fsum(r["seconds"] for r in history) - this_call)
         timings["backprop_seconds"] = before + this_call
         earlier = previous["wall_seconds"] if previous else before
     frame = pd.DataFrame(history)

@@ -29,9 +29,9 @@ import yaml
 
 import bionas
 from bionas.data import TRAIN_AUGMENTATION, BatchLoader, BatchStream, load_dataset, resolve_dataset_name, search_split
-from bionas.engine import resolve_device
+from bionas.engine import checkpoint_to_resume, resolve_device, restore_random_state, save_checkpoint
 from bionas.errors import ConfigError
-from bionas.io import atomic_open, checkpoint_to_resume, save_csv, save_json, save_torch
+from bionas.io import atomic_open, save_csv, save_json
 from bionas.configs.options import check, check_resume
 from bionas.search.config import SearchConfig, apply_options
 from bionas.genotype import Genotype
@@ -41,7 +41,7 @@ from bionas.search.supernet import Supernet
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "bionas-search-checkpoint/1"
+CHECKPOINT_KIND = "search"
 
 
 @dataclass
@@ -101,12 +101,11 @@ class _Search:
         self.epoch = 0
 
     # --- persistence ----------------------------------------------------------------------------
-    def checkpoint(self) -> dict:
-        return {"format": CHECKPOINT_FORMAT, "bionas_version": bionas.__version__, "config": self.config.to_dict(),
-                "epoch": self.epoch, "model": self.model.state_dict(), "strategy": self.strategy.state_dict(),
-                "train_stream": self.train_stream.state_dict(), "val_stream": self.val_stream.state_dict(),
-                "history": self.history, "arch_history": self.arch_history,
-                "torch_rng": torch.get_rng_state()}
+    def save(self, path: Path) -> None:
+        save_checkpoint(path, CHECKPOINT_KIND, self.config, self.epoch, self.history, self.device,
+                        model=self.model.state_dict(), strategy=self.strategy.state_dict(),
+                        train_stream=self.train_stream.state_dict(), val_stream=self.val_stream.state_dict(),
+                        arch_history=self.arch_history)
 
     def restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -115,7 +114,7 @@ class _Search:
         self.val_stream.load_state_dict(state["val_stream"])
         self.history, self.arch_history = list(state["history"]), list(state["arch_history"])
         self.epoch = int(state["epoch"])
-        torch.set_rng_state(state["torch_rng"])
+        restore_random_state(state["random_state"], self.device)
 
     def record_architecture(self) -> Genotype:
         genotype = self.strategy.derive()
@@ -141,7 +140,7 @@ def run_search(config: SearchConfig, resume: bool = False, overrides: dict | Non
     """
     config = check(config)
     out = Path(config.out)
-    state = checkpoint_to_resume(out, resume, CHECKPOINT_FORMAT, "search", "genotype.json")
+    state = checkpoint_to_resume(out, resume, CHECKPOINT_KIND, "search", "genotype.json")
     if state is not None:
         config = dataclasses.replace(resumed_config(state, overrides), out=config.out, progress=config.progress)
     else:  # record the dataset "auto" stands for, so that config.yaml repeats this very run
@@ -167,7 +166,7 @@ def run_search(config: SearchConfig, resume: bool = False, overrides: dict | Non
 
     while search.epoch < config.epochs:
         _run_epoch(search)
-        save_torch(search.checkpoint(), out / "checkpoint.pt")
+        search.save(out / "checkpoint.pt")
         _write_logs(search, out)
         if on_epoch_end is not None:
             on_epoch_end(search.epoch)

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from bionas import rules
 from bionas.configs.options import apply_options, check
-from bionas.engine import check_finite
+from bionas.engine import train_step
 from bionas.registry import Registry
 from bionas.genotype import Genotype
 
@@ -104,8 +104,6 @@ class SearchStrategy:
             nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.weight_optimizer, T_max=config.epochs, eta_min=config.lr_min)
-        # local rules update only inside weight steps (never in architecture steps or evaluation)
-        self._has_local_rules = rules.has_local_rules(model)
         self.epoch = 0
 
     @property
@@ -145,18 +143,10 @@ class SearchStrategy:
     def train_weights(self, batch: Batch, step: int) -> dict[str, float]:
         """One SGD step of the weights under the current mixing weights (held constant)."""
         x, y = batch
-        model = self.model
-        model.train()
-        weights = tuple(w.detach() for w in model.mixing_weights())
-        with rules.local_updates(model, self._has_local_rules):
-            logits = model(x, weights)  # (B, classes)
-        loss = F.cross_entropy(logits, y)
-        value = check_finite(loss, step, "search weight", DIVERGED_FIX)
-        self.weight_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.grad_clip:
-            nn.utils.clip_grad_norm_(self.weight_optimizer.param_groups[0]["params"], self.config.grad_clip)
-        self.weight_optimizer.step()
+        weights = tuple(w.detach() for w in self.model.mixing_weights())
+        value, logits = train_step(self.model, self.weight_optimizer, x, y, step,
+                                   forward=lambda images: self.model(images, weights),  # (B, classes)
+                                   grad_clip=self.config.grad_clip, what="search weight", fix=DIVERGED_FIX)
         return {"loss": value, "acc": accuracy(logits, y)}
 
 

@@ -24,7 +24,7 @@ from bionas.genotype import Genotype
 from bionas.space import load_space
 from bionas.train.config import CELL_MODEL, TrainConfig
 
-CHECKPOINT_FORMAT = "bionas-train-checkpoint/1"
+CHECKPOINT_KIND = "train"
 
 
 @dataclass(frozen=True)
@@ -114,12 +114,10 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu") -> Traine
     """Rebuild the network saved in a ``bionas train`` checkpoint (weights, rules, feedback)."""
     from bionas.train.config import apply_options
 
+    from bionas.engine import load_checkpoint
+
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"checkpoint {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigError(f"{path} is not a bionas train checkpoint")
+    state = load_checkpoint(path, CHECKPOINT_KIND)
     config = apply_options(TrainConfig(), state["config"], str(path))
     data = DataShape(**{**state["data"], "mean": tuple(state["data"]["mean"]), "std": tuple(state["data"]["std"])})
     genotype = Genotype.from_dict(state["genotype"]) if state["genotype"] is not None else None

@@ -40,14 +40,14 @@ from bionas import rules
 from bionas.configs.options import check_resume
 from bionas.data import (STREAMED_DATASETS, TRAIN_AUGMENTATION, BatchLoader, load_dataset, resolve_data_dir,
                          resolve_dataset_name)
-from bionas.engine import TrainingDiverged
+from bionas.engine import checkpoint_to_resume, restore_random_state, save_checkpoint, train_step
 from bionas.errors import ConfigError
-from bionas.io import atomic_open, checkpoint_to_resume, save_csv, save_figure, save_json, save_torch
+from bionas.io import atomic_open, save_csv, save_figure, save_json
 from bionas.genotype import Genotype
 from bionas.engine import resolve_device
 from bionas.train import distributed
 from bionas.train.config import TrainConfig, apply_options, check
-from bionas.train.model import CHECKPOINT_FORMAT, DataShape, WithAuxiliary, build_network, training_genotype
+from bionas.train.model import CHECKPOINT_KIND, DataShape, WithAuxiliary, build_network, training_genotype
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +115,6 @@ class _Training:
             # batch statistics), so broadcasting them from rank 0 each step would only cost time
             model = distributed.wrap(model, self.device, sync_buffers=not config.sync_batchnorm)
         self.model = model
-        # local rules (hebbian, pc) update only inside weight-training steps, never in evaluation
-        self.has_local_rules = rules.has_local_rules(self.net)
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=config.lr, momentum=config.momentum,
                                          nesterov=config.nesterov, weight_decay=config.weight_decay)
         use_bf16 = config.amp == "bf16" or (config.amp == "auto" and self.device.type == "cuda")
@@ -164,23 +162,23 @@ class _Training:
             self.steps_per_epoch = min(self.steps_per_epoch, config.steps_per_epoch)
 
     # --- persistence ----------------------------------------------------------------------------
-    def checkpoint(self) -> dict:
-        return {"format": CHECKPOINT_FORMAT, "bionas_version": bionas.__version__, "config": self.config.to_dict(),
-                "data": dataclasses.asdict(self.data), "epoch": self.epoch,
-                "genotype": self.genotype.to_dict() if self.genotype is not None else None,
-                "rules": rules.rules_in(self.net), "model": self.net.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "train_loader": self.train_loader.state_dict(),
-                "history": self.history, "torch_rng": torch.get_rng_state()}
+    def save(self, path: Path) -> None:
+        save_checkpoint(path, CHECKPOINT_KIND, self.config, self.epoch, self.history, self.device,
+                        data=dataclasses.asdict(self.data),
+                        genotype=self.genotype.to_dict() if self.genotype is not None else None,
+                        rules=rules.rules_in(self.net), model=self.net.state_dict(),
+                        optimizer=self.optimizer.state_dict(), train_loader=self.train_loader.state_dict())
 
     def restore(self, state: dict) -> None:
         self.net.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.train_loader.load_state_dict(state["train_loader"])
         self.history, self.epoch = list(state["history"]), int(state["epoch"])
-        torch.set_rng_state(state["torch_rng"])
+        restore_random_state(state["random_state"], self.device)
 
     # --- one epoch ------------------------------------------------------------------------------
-    def loss(self, logits, aux, y):
+    def loss(self, output, y):
+        logits, aux = output[0].float(), (output[1].float() if output[1] is not None else None)
         loss = F.cross_entropy(logits, y, label_smoothing=self.config.label_smoothing)
         if aux is not None:
             loss = loss + self.config.auxiliary_weight * F.cross_entropy(aux, y, label_smoothing=self.config.label_smoothing)
@@ -205,19 +203,10 @@ class _Training:
             if i == self.steps_per_epoch:
                 break
             step = self.epoch * self.steps_per_epoch + i
-            with self.autocast(), rules.local_updates(self.net, self.has_local_rules):
-                logits, aux = self.model(x)  # (B, classes), (B, classes) or None
-            loss = self.loss(logits.float(), aux.float() if aux is not None else None, y)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            # the all-reduced gradient norm is the same on every rank, so all ranks stop together
-            norm = nn.utils.clip_grad_norm_(self.net.parameters(), config.grad_clip or math.inf)
-            value = float(loss.detach())
-            if not (math.isfinite(value) and math.isfinite(float(norm))):
-                raise TrainingDiverged(f"training loss became {value} (gradient norm {float(norm)}) at step {step} "
-                                       f"of epoch {self.epoch + 1}; lower --set lr=... or set grad_clip, then "
-                                       f"rerun (or --resume from the last checkpoint)")
-            self.optimizer.step()
+            value, (logits, aux) = train_step(  # logits, aux: (B, classes), (B, classes) or None
+                self.model, self.optimizer, x, y, step, loss_fn=self.loss, grad_clip=config.grad_clip,
+                autocast=self.autocast, fix=f"(epoch {self.epoch + 1}) lower --set lr=... or set grad_clip "
+                                            f"(--resume continues from the last checkpoint)")
             correct = float((logits.detach().argmax(1) == y).sum())
             sums += torch.tensor([value * len(y), correct, len(y)], dtype=torch.float64)
             bar.update(1)
@@ -262,7 +251,7 @@ def run_train(config: TrainConfig, resume: bool = False, overrides: dict | None 
         config = check(config)
     context = distributed.from_environment()
     out = Path(config.out)
-    state = checkpoint_to_resume(out, resume, CHECKPOINT_FORMAT, "training run", "results.json")
+    state = checkpoint_to_resume(out, resume, CHECKPOINT_KIND, "training run", "results.json")
     if state is not None:
         config = dataclasses.replace(resumed_config(state, overrides), out=config.out, progress=config.progress,
                                      device=config.device, workers=config.workers)
@@ -305,7 +294,7 @@ def _run(config: TrainConfig, context: distributed.Context, genotype: Genotype |
                  config.epochs, row["lr"], row["train_loss"], row["train_acc"], row["test_loss"], row["test_acc"],
                  row["seconds"])
         if context.main:
-            save_torch(run.checkpoint(), out / "checkpoint.pt")
+            run.save(out / "checkpoint.pt")
             _write_logs(run.history, out)
         if on_epoch_end is not None:
             on_epoch_end(run.epoch)
