@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bionas import rules
+from bionas import ops, rules
+from bionas.candidate import Candidate
 from bionas.errors import BionasError
 from bionas.models.darts_net import NetworkCIFAR, NetworkImageNet
 from bionas.models.genotypes import GENOTYPES, resolve_genotype, with_random_rules, with_rule
@@ -37,8 +38,22 @@ def test_darts_v2_has_the_published_size():
     assert set(GENOTYPES.names()) >= {"darts_v1", "darts_v2"}
 
 
-@pytest.mark.parametrize("candidate", [c for c in load_space("bionas").candidates if c.op != "none"], ids=str)
-def test_every_bionas_candidate_builds_and_trains_a_step(candidate, batch):
+def _registered_candidates() -> list[Candidate]:
+    """Every registered op (but ``none``) with every feedback rule that can learn it; weightless ops bare."""
+    out = []
+    for op in ops.OPS:
+        if op == "none":
+            continue
+        if not ops.has_weights(op):
+            out.append(Candidate(op))
+            continue
+        out += [Candidate(op, r) for r in rules.RULES if rules.RULES.get(r).kind == "feedback"
+                and all(issubclass(t, rules.RULES.get(r).layer_types) for t in ops.weighted_layer_types(op))]
+    return out
+
+
+@pytest.mark.parametrize("candidate", _registered_candidates(), ids=str)
+def test_every_registered_candidate_builds_and_trains_a_step(candidate, batch):
     x, y = batch
     torch.manual_seed(0)
     net = NetworkCIFAR(uniform_genotype(candidate.op, candidate.rule), 10, C=4, layers=3, auxiliary=True)

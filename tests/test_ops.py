@@ -38,8 +38,10 @@ def test_every_op_rule_pair(op, rule, stride):
     # every convolution learns by the requested rule; ops without weights have none
     convs = [mod for mod in m.modules() if isinstance(mod, torch.nn.Conv2d)]
     assert all(isinstance(c, rules.RuleConv2d) and c.rule.name == rule for c in convs)
-    has_weights = op.startswith(("sep", "dil")) or (op == "skip_connect" and stride == 2)
-    assert bool(convs) == has_weights
+    plain = ops.create_op(op, C, stride)  # the op as built, before any rule
+    assert len(convs) == sum(isinstance(mod, torch.nn.Conv2d) for mod in plain.modules())
+    assert ops.has_weights(op) == any(isinstance(mod, torch.nn.Conv2d) for s in (1, 2)
+                                      for mod in ops.create_op(op, C, s).modules())
 
 
 def test_op_channels_and_parameter_counts_match_darts():
@@ -47,6 +49,9 @@ def test_op_channels_and_parameter_counts_match_darts():
     assert sum(p.numel() for p in ops.create_op("sep_conv_3x3", 16, 1).parameters()) == 2 * (9 * 16 + 256 + 32)
     assert sum(p.numel() for p in ops.create_op("dil_conv_5x5", 16, 1).parameters()) == 25 * 16 + 256 + 32
     assert sum(p.numel() for p in ops.create_op("skip_connect", 16, 2, affine=False).parameters()) == 2 * 16 * 8
+    # NAS-Bench-201: one dense convolution + affine BN
+    assert sum(p.numel() for p in ops.create_op("conv_3x3", 16, 1).parameters()) == 9 * 16 * 16 + 32
+    assert sum(p.numel() for p in ops.create_op("conv_1x1", 16, 2).parameters()) == 16 * 16 + 32
 
 
 def test_candidate_text_round_trip_and_errors():

@@ -1,14 +1,22 @@
-"""Operations: what an edge computes (the DARTS primitives), independent of how it learns.
+"""Operations: what an edge computes (the DARTS primitives and more), independent of how it learns.
 
 ``create_op(name, C, stride, affine)`` builds ordinary torch layers; pair it with a learning rule
-through :class:`bionas.candidate.Candidate`. Adding an op is one file plus one import below.
+through :class:`bionas.candidate.Candidate`.
+
+Adding an op: one file ``bionas/ops/<name>.py`` with a factory ``(C, stride, affine) -> nn.Module``
+decorated ``@OPS.register("<name>")`` (mapping ``(B, C, H, W)`` to ``(B, C, ceil(H/stride),
+ceil(W/stride))`` out of ordinary ``nn.Conv2d``/``nn.Linear``/``nn.BatchNorm2d`` layers, its
+docstring's first line saying what it computes), plus its name in the import line below. Whether
+it has weights -- and so whether it takes a learning rule -- is read off the layers it builds
+(:func:`weighted_layer_types`). Search spaces may then list it, and the registry-parametrised tests
+(``tests/test_ops.py``) build it with every rule at both strides.
 """
 from functools import lru_cache
 
 from torch import nn
 
 from bionas.ops.registry import OPS  # noqa: I001  (registry first: op files use it)
-from bionas.ops import zero, pooling, skip, conv  # noqa: F401  (registration, in DARTS order)
+from bionas.ops import zero, pooling, skip, conv, conv_3x3, conv_1x1  # noqa: F401  (registration, DARTS order first)
 from bionas.ops.conv import DilConv, ReLUConvBN, SepConv
 from bionas.ops.skip import FactorizedReduce
 from bionas.ops.zero import Zero
