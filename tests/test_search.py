@@ -196,3 +196,25 @@ def test_without_a_data_directory_the_smoke_search_runs_on_digits(tmp_path, monk
     info = json.loads((out / "run_info.json").read_text())
     assert info["dataset"] == "digits" and info["weight_images"] == info["architecture_images"] == 200
     load_genotype(out / "genotype.json", load_space("bionas"))
+
+
+def test_cell_pictures_colour_edges_by_the_rule_registry_and_give_weightless_ops_no_rule(tmp_path):
+    import shutil
+
+    import matplotlib.image
+
+    from bionas.models.genotypes import resolve_genotype, with_rule
+    from bionas.rules import RULES
+    from bionas.search import plots
+
+    genotype = with_rule(resolve_genotype("darts_v2"), "usf")
+    dot = plots.cell_dot(genotype, "reduce")  # darts_v2's reduction cell: max pools and skips only ...
+    assert "|" not in dot and "style=dashed" in dot and "style=solid" not in dot  # ... so no rule anywhere
+    normal = plots.cell_dot(genotype, "normal")
+    assert f'label="sep_conv_3x3|usf", color="{RULES.get("usf").color}"' in normal
+    assert 'label="skip_connect", color="#888888"' in normal
+    engines = ["matplotlib"] + (["dot"] if shutil.which("dot") else [])
+    for engine in engines:
+        plots.draw_cells(genotype, tmp_path / f"{engine}.png", engine=engine)
+        image = matplotlib.image.imread(tmp_path / f"{engine}.png")
+        assert image.shape[0] > 500 and image.shape[1] > 500 and image.std() > 0.05, engine

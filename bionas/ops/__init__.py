@@ -30,21 +30,21 @@ def create_op(name: str, C: int, stride: int, affine: bool = True) -> nn.Module:
 
 
 @lru_cache(maxsize=None)
-def weighted_layer_types(name: str) -> frozenset[type]:
-    """The torch layer types with weights (``nn.Conv2d``, ``nn.Linear``) in op ``name`` at stride 1
-    or 2: what a learning rule would convert. Empty for weightless ops (pooling, skip, none),
-    which therefore take no rule."""
+def weighted_layer_types(name: str, stride: int | None = None) -> frozenset[type]:
+    """The torch layer types with weights (``nn.Conv2d``, ``nn.Linear``) in op ``name`` at
+    ``stride`` (``None``: at stride 1 or 2): what a learning rule would convert. Empty for
+    weightless ops (pooling, none; the identity skip at stride 1), which therefore take no rule."""
     found = set()
-    for stride in (1, 2):
-        for m in create_op(name, 4, stride).modules():
+    for s in (1, 2) if stride is None else (stride,):
+        for m in create_op(name, 4, s).modules():
             if type(m) in (nn.Conv2d, nn.Linear):
                 found.add(type(m))
     return frozenset(found)
 
 
-def has_weights(name: str) -> bool:
-    """Whether op ``name`` has layers a learning rule can learn."""
-    return bool(weighted_layer_types(name))
+def has_weights(name: str, stride: int | None = None) -> bool:
+    """Whether op ``name`` (at ``stride``; ``None``: at either) has layers a learning rule can learn."""
+    return bool(weighted_layer_types(name, stride))
 
 
 __all__ = ["OPS", "create_op", "weighted_layer_types", "has_weights", "Zero", "FactorizedReduce", "ReLUConvBN", "DilConv", "SepConv"]

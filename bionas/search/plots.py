@@ -11,6 +11,7 @@ import numpy as np
 
 from bionas.candidate import Candidate
 from bionas.io import save_figure
+from bionas.ops import has_weights
 from bionas.rules import RULES
 from bionas.genotype import Genotype, edge_index
 
@@ -77,51 +78,153 @@ def plot_mixing_weights(arch_history: list[dict], path: str | Path) -> None:
     plt.close(fig)
 
 
-def _draw_cell(ax, genotype: Genotype, cell: str) -> None:
+WEIGHTLESS = "#888888"  # edges of ops without weights: they have no learning rule
+
+
+def _cell(genotype: Genotype, cell: str):
     edges = genotype.normal if cell == "normal" else genotype.reduce
     concat = genotype.normal_concat if cell == "normal" else genotype.reduce_concat
-    nodes = max(e.node for e in edges) - 1
-    pos = {0: (0.0, 1.0), 1: (0.0, -1.0)}
-    for i in range(nodes):
-        pos[2 + i] = (1.0 + i, 0.9 * (1 if i % 2 else -1) * (0.4 + 0.15 * i))
-    pos["out"] = (nodes + 1.2, 0.0)
-    names = {0: "c_{k-2}", 1: "c_{k-1}", "out": "c_{k}", **{2 + i: str(i) for i in range(nodes)}}
+    return edges, concat
+
+
+def _weighted(e, cell: str) -> bool:
+    """Whether edge ``e`` has weights where it sits: reduction cells apply stride 2 to the cell
+    inputs, where ``skip_connect`` is a factorized reduction with weights, not the identity."""
+    return has_weights(e.op, 2 if cell == "reduce" and e.source < 2 else 1)
+
+
+def _edge_style(e, cell: str) -> tuple[str, str]:
+    """(colour, label): the rule's colour and ``op|rule`` for weighted edges; grey and the bare op
+    for edges without weights, which no rule trains."""
+    if _weighted(e, cell):
+        return rule_colour(e.rule), f"{e.op}|{e.rule}"
+    return WEIGHTLESS, e.op
+
+
+def cell_dot(genotype: Genotype, cell: str) -> str:
+    """Graphviz source of one cell, laid out left to right as in the DARTS paper's figures."""
+    edges, concat = _cell(genotype, cell)
+    nodes = sorted({e.node for e in edges})
+    lines = [f'digraph "{cell}" {{', '  rankdir=LR; node [fontname="Helvetica", fontsize=12, style="filled,rounded"];',
+             '  edge [fontname="Helvetica", fontsize=10];',
+             '  "c_{k-2}" [shape=box, fillcolor="#c6dbef", label=<c<sub>k-2</sub>>];',
+             '  "c_{k-1}" [shape=box, fillcolor="#c6dbef", label=<c<sub>k-1</sub>>];',
+             '  "c_{k}" [shape=box, fillcolor="#fdd0a2", label=<c<sub>k</sub>>];']
+    lines += [f'  "{n - 2}" [shape=circle, fillcolor="#ffffcc"];' for n in nodes]
+    name = {0: "c_{k-2}", 1: "c_{k-1}", **{n: str(n - 2) for n in nodes}}
+    for e in edges:
+        colour, label = _edge_style(e, cell)
+        style = "solid" if _weighted(e, cell) else "dashed"
+        lines.append(f'  "{name[e.source]}" -> "{name[e.node]}" [label="{label}", color="{colour}", '
+                     f'fontcolor="{colour}", penwidth=2, style={style}];')
+    lines += [f'  "{name[c]}" -> "c_{{k}}" [color="#bbbbbb"];' for c in concat]
+    return "\n".join(lines + ["}"])
+
+
+def _layered_positions(edges, concat) -> dict:
+    """Node -> (x, y): x = the node's depth (longest path from the inputs), nodes of one depth
+    spread vertically; the output one layer right of the deepest node."""
+    depth = {0: 0, 1: 0}
+    for n in sorted({e.node for e in edges}):
+        depth[n] = 1 + max(depth[e.source] for e in edges if e.node == n)
+    layers: dict[int, list] = {}
+    for n, d in depth.items():
+        layers.setdefault(d, []).append(n)
+    pos = {}
+    for d, members in layers.items():
+        for i, n in enumerate(sorted(members)):
+            pos[n] = (float(d), 1.3 * ((len(members) - 1) / 2 - i))
+    pos["out"] = (max(depth.values()) + 1.0, 0.0)
+    return pos
+
+
+def _draw_cell(ax, genotype: Genotype, cell: str) -> None:
+    """One cell as a layered left-to-right DAG (matplotlib; used where graphviz is not installed)."""
+    edges, concat = _cell(genotype, cell)
+    pos = _layered_positions(edges, concat)
+    names = {0: "$c_{k-2}$", 1: "$c_{k-1}$", "out": "$c_{k}$", **{n: str(n - 2) for n in pos if isinstance(n, int) and n >= 2}}
+    xs = [x for x, _ in pos.values()]
+    ys = [y for _, y in pos.values()]
+    ax.set_xlim(min(xs) - 0.5, max(xs) + 0.5)
+    ax.set_ylim(min(ys) - 1.0, max(ys) + 1.0)
+    to_display, to_data = ax.transData.transform, ax.transData.inverted().transform
     for e in edges:
         (x0, y0), (x1, y1) = pos[e.source], pos[e.node]
-        rad = 0.25 if (e.node - e.source) > 1 else 0.0
+        colour, label = _edge_style(e, cell)
+        span = x1 - x0
+        # neighbouring layers: straight; longer edges bend away from the cell's middle, past the
+        # nodes in between
+        rad = 0.0 if span <= 1 else (-0.25 if (y0 + y1) >= 0 else 0.25)
         ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
-                    arrowprops=dict(arrowstyle="-|>", color=rule_colour(e.rule), lw=1.4,
-                                    shrinkA=14, shrinkB=14, connectionstyle=f"arc3,rad={rad}"))
-        mx, my = (x0 + x1) / 2, (y0 + y1) / 2 + rad * 0.5 * (x1 - x0)
-        ax.text(mx, my, f"{e.op}\n{e.rule}", fontsize=6.5, ha="center", va="center",
-                color=rule_colour(e.rule),
-                bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
+                    arrowprops=dict(arrowstyle="-|>", color=colour, lw=1.6, shrinkA=13, shrinkB=13,
+                                    linestyle="-" if _weighted(e, cell) else (0, (4, 2)),
+                                    connectionstyle=f"arc3,rad={rad}"))
+        # the label sits on the curve, 62% of the way to the target (a node has 2 inputs but may
+        # feed 4 edges, so labels crowd less there): matplotlib's arc3 is the
+        # quadratic Bezier whose control point is the chord's midpoint moved by rad x chord
+        # (perpendicular, in display coordinates)
+        a, b = to_display((x0, y0)), to_display((x1, y1))
+        control = (a + b) / 2 + rad * np.array([b[1] - a[1], a[0] - b[0]])
+        t = 0.62
+        mx, my = to_data((1 - t) ** 2 * a + 2 * (1 - t) * t * control + t ** 2 * b)
+        ax.text(mx, my, label, fontsize=6.5, ha="center", va="center", color=colour,
+                bbox=dict(boxstyle="round,pad=0.12", fc="white", ec="none", alpha=0.85))
     for c in concat:
         (x0, y0), (x1, y1) = pos[c], pos["out"]
         ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
-                    arrowprops=dict(arrowstyle="-|>", color="#bbbbbb", lw=0.8, shrinkA=14, shrinkB=14))
+                    arrowprops=dict(arrowstyle="-|>", color="#bbbbbb", lw=0.8, shrinkA=13, shrinkB=13))
     for key, (x, y) in pos.items():
         fc = "#c6dbef" if key in (0, 1) else "#fdd0a2" if key == "out" else "#ffffcc"
-        ax.text(x, y, names[key], ha="center", va="center", fontsize=8,
+        ax.text(x, y, names[key], ha="center", va="center", fontsize=9,
                 bbox=dict(boxstyle="round,pad=0.4", fc=fc, ec="black", lw=0.8))
-    ax.set_xlim(-0.6, nodes + 1.8)
-    ax.set_ylim(-1.6, 1.6)
     ax.set_title(f"{cell} cell", fontsize=10)
     ax.axis("off")
 
 
-def draw_cells(genotype: Genotype, path: str | Path) -> None:
-    """The normal and the reduction cell side by side; edge colour = learning rule."""
+def _dot_image(source: str):
+    """The PNG graphviz renders from ``source``, as an image array; ``None`` without ``dot``."""
+    import shutil
+    import subprocess
+
+    dot = shutil.which("dot")
+    if dot is None:
+        return None
+    png = subprocess.run([dot, "-Tpng", "-Gdpi=110"], input=source.encode(), capture_output=True, check=True).stdout
+    import io
+
+    return _pyplot().imread(io.BytesIO(png), format="png")
+
+
+def draw_cells(genotype: Genotype, path: str | Path, engine: str = "auto") -> None:
+    """The normal and the reduction cell, one above the other, as DARTS draws them: a layered
+    left-to-right DAG, edges coloured by learning rule (grey, dashed, unlabelled by a rule:
+    weightless ops). ``engine``: ``dot`` (graphviz, where installed), ``matplotlib``, or
+    ``auto`` (dot when available)."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
-    for ax, cell in zip(axes, ("normal", "reduce")):
-        _draw_cell(ax, genotype, cell)
-    rules_used = list(dict.fromkeys(e.rule for e in (*genotype.normal, *genotype.reduce)))
+    images = None
+    if engine in ("auto", "dot"):
+        images = [_dot_image(cell_dot(genotype, cell)) for cell in ("normal", "reduce")]
+        if images[0] is None:
+            if engine == "dot":
+                raise FileNotFoundError("graphviz's dot is not installed (apt-get install graphviz)")
+            images = None
+    fig, axes = plt.subplots(2, 1, figsize=(10, 8.5))
+    for ax, cell, image in zip(axes, ("normal", "reduce"), images or (None, None)):
+        if image is not None:
+            ax.imshow(image)
+            ax.set_title(f"{cell} cell", fontsize=10)
+            ax.axis("off")
+        else:
+            _draw_cell(ax, genotype, cell)
+    rules_used = list(dict.fromkeys(e.rule for cell in ("normal", "reduce") for e in _cell(genotype, cell)[0]
+                                    if _weighted(e, cell)))
     handles = [plt.Line2D([], [], color=rule_colour(r), lw=2) for r in rules_used]
-    fig.legend(handles, rules_used, loc="lower center", ncol=len(rules_used), fontsize=8, frameon=False,
-               title="learning rule", title_fontsize=8)
+    handles.append(plt.Line2D([], [], color=WEIGHTLESS, lw=2, linestyle=(0, (4, 2))))
+    fig.legend(handles, [*rules_used, "no weights (no rule)"], loc="lower center", ncol=len(handles), fontsize=8,
+               frameon=False, title="learning rule", title_fontsize=8)
     if genotype.space:
         fig.suptitle(f"genotype from search space {genotype.space!r}", fontsize=10)
+    fig.subplots_adjust(bottom=0.08, hspace=0.15)
     save_figure(fig, path)
     plt.close(fig)
 
