@@ -162,7 +162,8 @@ def load_checkpoint(path: str | Path, kind: str) -> dict:
                           f"bionas checkpoint; rerun the run that wrote it") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or state.get("kind") != kind:
         found = state.get("kind") if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT else None
-        raise ConfigError(f"{path} is not a bionas {kind} checkpoint" + (f" (it is a {found} checkpoint)" if found else ""))
+        which = f" (it is a {found} checkpoint)" if found else ""
+        raise ConfigError(f"{path} is not a bionas {kind} checkpoint{which}")
     return state
 
 

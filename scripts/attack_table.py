@@ -1,4 +1,4 @@
-"""The robustness table of issue 6: `bionas attack --suite full` on the retrained models.
+"""The robustness table: `bionas attack --preset full` on the retrained models.
 
 Attacks ResNet-20 bp, fa and usf and the searched smoke genotype, as retrained by
 ``scripts/train_table.py`` (run first if its checkpoints are missing), on 500 real CIFAR-10 test
@@ -27,13 +27,13 @@ MODELS = ["resnet20_bp", "resnet20_fa", "resnet20_usf", "searched_smoke_genotype
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=500)
-    parser.add_argument("--suite", default="full")
+    parser.add_argument("--preset", "--suite", default="full")
     parser.add_argument("--out", default=str(REPO / "results" / "attack_table"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not all((TRAINED / m / "checkpoint.pt").is_file() for m in MODELS):
         subprocess.run([sys.executable, str(REPO / "scripts" / "train_table.py")], check=True)
-    config = resolve_config(args.suite, None, {"checkpoints": [str(TRAINED / m) for m in MODELS], "n": args.n,
+    config = resolve_config(args.preset, None, {"checkpoints": [str(TRAINED / m) for m in MODELS], "n": args.n,
                                                "source": str(TRAINED / "resnet20_bp"), "out": args.out,
                                                "progress": False})
     result = run_attack(config)

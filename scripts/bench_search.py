@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-channels-last", action="store_true")
-    parser.add_argument("--data-dir", default=os.environ.get("BIONAS_DATA") or str(REPO.parent / "shared/data/cifar10"))
+    parser.add_argument("--data-dir", default=os.environ.get("BIONAS_DATA"), help="CIFAR-10 (default: $BIONAS_DATA)")
     parser.add_argument("--out", default=str(REPO / "results" / "bench_search.csv"))
     args = parser.parse_args()
 

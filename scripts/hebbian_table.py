@@ -21,7 +21,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
 
 from bionas.configs.options import parse_assignment  # noqa: E402
 from bionas import configs  # noqa: E402
@@ -78,7 +77,8 @@ def main() -> None:
             r = json.loads(path.read_text())
             moved = filters_trained(out / setup, r)
             rows.append({"setup": setup, "learning": r["learning"], "test_acc": r["test_acc"],
-                         "best_test_acc": r["best_test_acc"], "best_epoch": r["best_epoch"], "epochs": len(pd.read_csv(out / setup / "train_log.csv")),
+                         "best_test_acc": r["best_test_acc"], "best_epoch": r["best_epoch"],
+                         "epochs": len(pd.read_csv(out / setup / "train_log.csv")),
                          "filters_trained": " · ".join("/".join(f"{100 * f:.0f}" for f in fractions)
                                                        for fractions in moved.values()) if moved else "-",
                          "paper_acc": PAPER.get(setup), "train_images": r["train_images"],

@@ -5,7 +5,7 @@ same 5,000 training images (500 per class), the same 10 epochs and batch of 64, 
 the whole 10,000-image test split; each model keeps its own recipe's optimiser (cell networks:
 lr 0.025 cosine, auxiliary head, cutout, drop path; ResNets: lr 0.1 step schedule, whose
 milestones a 10-epoch run never reaches). Cell networks are built at the preset's 16 channels
-and 8 cells. The default list is the closing table of issue 5: the DARTS V2 genotype, a
+and 8 cells. The default list is the table in results/README.md: the DARTS V2 genotype, a
 genotype from the smoke search, and ResNet-20 with bp, fa, usf, brsf and frsf.
 
     python scripts/train_table.py                                   # writes results/train_table/
@@ -81,7 +81,8 @@ def main() -> None:
     with atomic_open(out / "table.md") as fh:
         fh.write(f"Preset `{args.preset}`, seed {args.seed}; command: `python scripts/train_table.py"
                  f"{'' if args.preset == 'short' else ' --preset ' + args.preset}`\n\n")
-        fh.write("| model | rules | params | epochs | train images | test images | final train acc | test acc | seconds |\n")
+        fh.write("| model | rules | params | epochs | train images | test images | final train acc | test acc "
+                 "| seconds |\n")
         fh.write("|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
         for r in rows:
             fh.write(f"| {r['model']} | {r['rules']} | {r['parameters']:,} | {r['epochs']} | {r['train_images']:,} | "

@@ -1,6 +1,6 @@
 """Shared fixtures: the real CIFAR-10 used by data and training tests.
 
-Found at ``$BIONAS_DATA`` or ``../shared/data/cifar10`` beside the repository. Tests that need it
+Found at ``$BIONAS_DATA`` (torchvision's pickles or train/test image folders). Tests that need it
 are skipped when it is absent -- unless ``BIONAS_REQUIRE_DATA=1`` (set by ``.ci/run``), where a
 missing dataset fails the run instead of hiding tests.
 """
@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _cifar10_root() -> Path | None:
-    for candidate in (os.environ.get("BIONAS_DATA"), REPO.parent / "shared" / "data" / "cifar10"):
-        if candidate and any((Path(candidate) / sub).is_dir() for sub in ("train", "cifar-10-batches-py")):
-            return Path(candidate)
+    candidate = os.environ.get("BIONAS_DATA")
+    if candidate and any((Path(candidate) / sub).is_dir() for sub in ("train", "cifar-10-batches-py")):
+        return Path(candidate)
     return None
 
 
@@ -23,7 +22,7 @@ def _cifar10_root() -> Path | None:
 def cifar10_root() -> Path:
     root = _cifar10_root()
     if root is None:
-        message = "real CIFAR-10 not found (set BIONAS_DATA or place it at ../shared/data/cifar10)"
+        message = "real CIFAR-10 not found: set BIONAS_DATA to its directory"
         if os.environ.get("BIONAS_REQUIRE_DATA") == "1":
             pytest.fail(message)
         pytest.skip(message)

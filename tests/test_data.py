@@ -7,7 +7,7 @@ import torch
 
 from bionas.data import (Augmentation, BatchLoader, balanced_subset, load_dataset, resolve_dataset_name,
                          search_split)
-from bionas.data.loader import cutout, random_crop
+from bionas.data.loader import crop, cut, draw_augmentation
 from bionas.errors import DataError
 
 
@@ -98,8 +98,8 @@ def test_balanced_subset_and_search_split():
 
 def test_random_crop_is_a_shifted_window_of_the_zero_padded_image():
     x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).reshape(2, 1, 6, 6) + 1
-    gen = torch.Generator().manual_seed(0)
-    out = random_crop(x, 2, gen)
+    d = draw_augmentation(Augmentation(crop_padding=2), 2, 6, torch.Generator().manual_seed(0))
+    out = crop(x, 2, d["crop_y"], d["crop_x"])  # what the loader applies
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     for b in range(2):
         matches = [(i, j) for i in range(5) for j in range(5) if torch.equal(padded[b, :, i:i + 6, j:j + 6], out[b])]
@@ -108,7 +108,8 @@ def test_random_crop_is_a_shifted_window_of_the_zero_padded_image():
 
 def test_cutout_zeroes_one_clipped_square():
     x = torch.ones(64, 3, 32, 32)
-    out = cutout(x, 16, torch.Generator().manual_seed(0))
+    d = draw_augmentation(Augmentation(cutout=16), 64, 32, torch.Generator().manual_seed(0))
+    out = cut(x, 16, d["cut_y"], d["cut_x"])  # what the loader applies
     zeros = (out == 0).all(1)  # (B, H, W): all channels zeroed together
     assert ((out == 0) == zeros[:, None]).all()
     for b in range(64):

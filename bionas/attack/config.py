@@ -14,12 +14,6 @@ from bionas.errors import ConfigError
 GRADIENT_CHOICES = ("auto", "exact", "rule", "both")  # auto: both for models with non-bp rules
 
 
-def _attacks():
-    from bionas.attack.suite import ATTACKS
-
-    return ATTACKS.names()
-
-
 @dataclass
 class AttackConfig:
     checkpoints: list[str] = option(help="bionas train checkpoint files or run directories", factory=list)

@@ -51,14 +51,6 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def default_of(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return f.default_factory()  # type: ignore[misc]
-    return None
-
-
 def _choices_source(f: dataclasses.Field) -> Any:
     choices = f.metadata.get("choices")
     return choices() if callable(choices) else choices

@@ -82,7 +82,8 @@ class ImageFolderLoader:
         self.folder = image_folder(root, split)
         self.classes = list(self.folder.classes)
         labels = torch.tensor(self.folder.targets, dtype=torch.int64)
-        indices = balanced_subset(labels, per_class * len(self.classes), seed) if per_class else torch.arange(len(labels))
+        indices = (balanced_subset(labels, per_class * len(self.classes), seed) if per_class
+                   else torch.arange(len(labels)))
         self.dataset = _Transformed(self.folder, indices.tolist(), transform(train, image_size))
         self.batch_size, self.train, self.seed, self.shard = batch_size, train, seed, shard
         self.drop_last, self.workers, self.device = drop_last, workers, torch.device(device)

@@ -78,22 +78,6 @@ def cut(x: Tensor, length: int, cy: Tensor, cx: Tensor) -> Tensor:
     return x.masked_fill(inside[:, None], 0.0)
 
 
-def random_crop(x: Tensor, padding: int, gen: torch.Generator) -> Tensor:
-    """Per-image random crop of ``x`` (B, C, H, W) from its zero-padded version."""
-    if padding <= 0:
-        return x
-    d = draw_augmentation(Augmentation(crop_padding=padding), x.shape[0], x.shape[2], gen)
-    return crop(x, padding, d["crop_y"], d["crop_x"])
-
-
-def cutout(x: Tensor, length: int, gen: torch.Generator) -> Tensor:
-    """Zero a square per image, centre uniform over the image (see :func:`cut`)."""
-    if length <= 0:
-        return x
-    d = draw_augmentation(Augmentation(cutout=length), x.shape[0], x.shape[2], gen)
-    return cut(x, length, d["cut_y"], d["cut_x"])
-
-
 class BatchLoader:
     """Iterates ``(images, labels)`` batches: float (B, C, H, W) normalised, int64 (B,).
 

@@ -136,7 +136,8 @@ def extract_features(net: HebbianCNN, x: Tensor, config: HebbianConfig, device: 
     out = torch.empty(len(x), net.feature_dim, dtype=dtype, device=device)
     bar = _bar(-(-len(x) // config.eval_batch_size), "features", config)
     for start in range(0, len(x), config.eval_batch_size):
-        out[start:start + config.eval_batch_size] = net.features(x[start:start + config.eval_batch_size].to(device)).to(dtype)
+        batch = x[start:start + config.eval_batch_size].to(device)
+        out[start:start + config.eval_batch_size] = net.features(batch).to(dtype)
         bar.update(1)
     bar.close()
     return out
@@ -326,7 +327,8 @@ def run_hebbian(config: HebbianConfig, resume: bool = False) -> HebbianResult:
                                  state_path=saved, resume=resume)
         this_call = time.perf_counter() - start
         # earlier epochs' time: the finished run's record, else the resumed rows' own seconds
-        before = previous["backprop_seconds"] if previous else max(0.0, math.fsum(r["seconds"] for r in history) - this_call)
+        done_before = math.fsum(r["seconds"] for r in history) - this_call
+        before = previous["backprop_seconds"] if previous else max(0.0, done_before)
         timings["backprop_seconds"] = before + this_call
         earlier = previous["wall_seconds"] if previous else before
     frame = pd.DataFrame(history)

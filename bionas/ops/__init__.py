@@ -47,4 +47,5 @@ def has_weights(name: str, stride: int | None = None) -> bool:
     return bool(weighted_layer_types(name, stride))
 
 
-__all__ = ["OPS", "create_op", "weighted_layer_types", "has_weights", "Zero", "FactorizedReduce", "ReLUConvBN", "DilConv", "SepConv"]
+__all__ = ["OPS", "create_op", "weighted_layer_types", "has_weights", "Zero", "FactorizedReduce", "ReLUConvBN",
+           "DilConv", "SepConv"]

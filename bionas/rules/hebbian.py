@@ -31,8 +31,9 @@ over batch and positions:
 5. ``normalise_update``: ``dW <- dW / max |dW|`` (the paper's "normalised" update,
    reconstructed); off, ``dW`` is divided by the number of (sample, position) pairs instead (a
    mean). Then ``W <- W + lr dW``; with ``adaptive_lr`` (SoftHebb's norm-driven rate, Journe et
-   al. 2023) filter ``c`` steps by ``lr sqrt(| ||W_c|| - 1 |)``, fast while far from unit norm. Under ``torchrun`` the sums (and BCM's ``mean y^2``) run over
-   the global batch, so every process applies the same update.
+   al. 2023) filter ``c`` steps by ``lr sqrt(| ||W_c|| - 1 |)``, fast while far from unit norm.
+   Under ``torchrun`` the sums (and BCM's ``mean y^2``) run over the global batch, so every
+   process applies the same update.
 6. ``weight_norm``: ``unit`` rescales every output filter to L2 norm 1 after the step; ``dale``
    keeps weights non-negative (``W <- |W|``, Dale's principle, paper section 3.9).
 

@@ -21,7 +21,8 @@ architecture update on one validation batch (the weights then train by SGD as in
 
 The compound fitness follows the EG-NAS release (``CFF``): a candidate at least as accurate as the
 current architecture pays for resembling it (diversity is rewarded), a worse one is pulled back
-towards it. Reconstructed where the paper and release disagree with the issue's requirements:
+towards it. Where this implementation departs from the release (each a defect of the release or
+a choice the paper leaves open, reconstructed here):
 
 * the release seeds every CMA-ES restart with ``seed=1`` (all restarts draw the same
   population); here each instance gets its own seed from the run's seed, the epoch and the

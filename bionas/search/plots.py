@@ -142,7 +142,8 @@ def _draw_cell(ax, genotype: Genotype, cell: str) -> None:
     """One cell as a layered left-to-right DAG (matplotlib; used where graphviz is not installed)."""
     edges, concat = _cell(genotype, cell)
     pos = _layered_positions(edges, concat)
-    names = {0: "$c_{k-2}$", 1: "$c_{k-1}$", "out": "$c_{k}$", **{n: str(n - 2) for n in pos if isinstance(n, int) and n >= 2}}
+    names = {0: "$c_{k-2}$", 1: "$c_{k-1}$", "out": "$c_{k}$",
+             **{n: str(n - 2) for n in pos if isinstance(n, int) and n >= 2}}
     xs = [x for x, _ in pos.values()]
     ys = [y for _, y in pos.values()]
     ax.set_xlim(min(xs) - 0.5, max(xs) + 0.5)

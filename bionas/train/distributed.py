@@ -95,9 +95,10 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
     """``BatchNorm2d`` whose training-mode statistics cover the global batch of all ranks.
 
     Per channel, the ranks' sums of ``x`` and ``x^2`` and their pixel counts are summed with
-    an all-reduce whose backward sums the gradients of every rank the same way, so forward and backward equal those of ``BatchNorm2d`` on
-    the concatenated batch: ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with the biased
-    variance, and the running variance updated with the unbiased one. Works on any backend
+    an all-reduce whose backward sums the gradients of every rank the same way, so forward and
+    backward equal those of ``BatchNorm2d`` on the concatenated batch:
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with the biased variance, and the running
+    variance updated with the unbiased one. Works on any backend
     (torch's ``SyncBatchNorm`` needs CUDA). Statistics are computed in float32.
     """
 

@@ -181,7 +181,8 @@ class _Training:
         logits, aux = output[0].float(), (output[1].float() if output[1] is not None else None)
         loss = F.cross_entropy(logits, y, label_smoothing=self.config.label_smoothing)
         if aux is not None:
-            loss = loss + self.config.auxiliary_weight * F.cross_entropy(aux, y, label_smoothing=self.config.label_smoothing)
+            aux_loss = F.cross_entropy(aux, y, label_smoothing=self.config.label_smoothing)
+            loss = loss + self.config.auxiliary_weight * aux_loss
         return loss
 
     def train_epoch(self) -> dict:
