@@ -5,8 +5,30 @@
 >>> with rules.exact_gradients(net): ...       # true gradients, e.g. for white-box attacks
 >>> rules.alignment_angles(net)                # {layer: angle(W, B) in degrees}
 
-Rules live one per file and register themselves in :data:`RULES`; importing this package
-imports them in a fixed order. Adding a rule is one file plus one line below.
+========  ==========================================================  ============================
+rule      error sent to the layer's input                             reference
+========  ==========================================================  ============================
+bp        ``W^T delta``                                               Rumelhart et al. 1986
+fa        ``B^T delta``, ``B`` fixed, Xavier-uniform                  Lillicrap et al. 2016
+usf       ``B = s sign(W)``, ``s`` the Xavier std                     Liao et al. 2016
+brsf      ``B = |R| sign(W)``, ``R`` redrawn every training forward   Liao et al. 2016
+frsf      ``B = |M| sign(W)``, ``M`` drawn once                       Liao et al. 2016
+hebbian   ``W^T delta`` (or cut); weights learn locally, no gradient  Hebbian-CNN paper; SoftHebb
+pc        ``W^T delta``; weights learn by predictive coding           Tschantz et al. 2023
+========  ==========================================================  ============================
+
+For the feedback rules the weight and bias gradients are the exact local ones (``delta x^T``);
+only the error passed backwards changes. The local rules change weights only inside
+:func:`local_updates`, which the training engine switches on for weight-training steps alone.
+
+Adding a rule: one file ``bionas/rules/<name>.py`` with a class decorated
+``@RULES.register("<name>")`` -- a :class:`FeedbackRule` implementing ``feedback(W) -> B``, or a
+:class:`LocalRule` implementing ``update(layer, x, y)`` (one whose layer computes something else
+than the plain layer also overrides ``exact_forward`` and sets ``preserves_forward = False``) --
+with its paper in the module docstring, ``color``/``line_style`` for plots, ``layer_types`` if it
+learns only some layer types, and keyword options in ``__init__`` (``rule_options`` passes them);
+then its name in the import line below. ``bionas rules`` lists it, search spaces may pair it with
+ops, and the registry-parametrised tests (``tests/test_rules.py``, ``tests/test_ops.py``) cover it.
 """
 from bionas.rules.registry import RULES  # noqa: I001  (registry first: rule files use it)
 from bionas.rules import bp, fa, usf, brsf, frsf, hebbian, pc  # noqa: F401  (registration)

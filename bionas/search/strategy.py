@@ -157,9 +157,7 @@ def evaluate_supernet(model: nn.Module, batches) -> tuple[float, float]:
     statistics, random feedback draws and training mode are restored).
 
     A supernet's running statistics are a poor basis for evaluation: they average over a mixture
-    that keeps moving and lag far behind it. Measured (``bionas search`` with the paper defaults
-    on scikit-learn digits, 3 steps per epoch): by epoch 15 the architecture steps reached 97%
-    accuracy on batches of the validation half, while eval mode scored 15% on the same half.
+    that keeps moving and lag far behind it (results/README.md has the measurement).
     """
     was_training = model.training
     model.train()
