@@ -11,73 +11,69 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import inspect
 import logging
 import sys
 import typing
 
 from bionas import __version__
+from bionas.configs.options import choices_of, parse_assignment, resolve, split_optional
 from bionas.errors import BionasError
 
 # command: (module, config class, run function, default preset, help, extra flags: flag -> (option key, argparse kw))
 COMMANDS = {
-    "search": ("bionas.search", "SearchConfig", "run_search", None,
-               "search a cell over (op, rule) pairs: DARTS or EG-NAS (CMA-ES); writes genotype.json, plots, logs",
-               {"--order": ("strategy_options.darts.order", {"choices": ["first", "second"],
-                                                            "help": "DARTS gradient order"})}),
-    "train": ("bionas.train", "TrainConfig", "run_train", None,
-              "retrain a genotype's cell network (each edge keeps its rule) or a single-rule ResNet baseline; "
-              "data-parallel under torchrun",
+    "search": ("bionas.search", "SearchConfig", "run_search", None, "search a cell over (op, rule) pairs: DARTS or "
+               "EG-NAS (CMA-ES)", {"--order": ("strategy_options.darts.order", {"choices": ["first", "second"]})}),
+    "train": ("bionas.train", "TrainConfig", "run_train", None, "retrain a genotype's cell network (each edge keeps "
+              "its rule) or a single-rule ResNet; data-parallel under torchrun",
               {"--rules": ("random_rules", {"choices": ["random"], "help": "random: each weighted edge draws its "
                                                                          "rule among those --space allows"})}),
-    "attack": ("bionas.attack", "AttackConfig", "run_attack", "quick",
-               "adversarial robustness of trained checkpoints (torchattacks): FGSM, PGD, TPGD, APGD, Square, "
-               "one-pixel, transfer",
-               {"--checkpoint": ("checkpoints", {"nargs": "+", "help": "bionas train checkpoints or run directories"}),
-                "--attacks": ("attacks", {"nargs": "+", "help": "instead of the preset's attacks"})}),
-    "hebbian": ("bionas.hebbian", "HebbianConfig", "run_hebbian", "hard_wta_bcm_surround",
-                "a Hebbian CNN learning without labels, read out by a linear classifier (or trained by backprop)",
-                {"--epochs": ("epochs", {"type": int, "help": "classifier epochs (backprop preset: its epochs)"})}),
-    "quickstart": ("bionas.quickstart", "QuickstartConfig", "run_quickstart", None,
-                   "train a small network per learning rule (and one mixing them all)",
-                   {"--rules": ("rules", {"nargs": "+", "help": "rules to train ('mixed' = all in one network)"})}),
+    "attack": ("bionas.attack", "AttackConfig", "run_attack", "quick", "adversarial robustness of trained "
+               "checkpoints (torchattacks)", {}),
+    "hebbian": ("bionas.hebbian", "HebbianConfig", "run_hebbian", "hard_wta_bcm_surround", "a Hebbian CNN learning "
+                "without labels, read out linearly (or trained by backprop)", {}),
+    "quickstart": ("bionas.quickstart", "QuickstartConfig", "run_quickstart", None, "train a small network per "
+                   "learning rule (and one mixing them all)", {}),
 }
-RESUMABLE = {"search", "train", "hebbian"}
-PRESETS = {"search", "train", "attack", "hebbian"}
 
 
 def _flags(parser: argparse.ArgumentParser, config_type: type) -> None:
-    """One flag per field that declares one; its type, help text and default from the field."""
+    """One flag per field that declares one; its type, help text and default from the field
+    (a list field takes one or more values)."""
     hints = typing.get_type_hints(config_type)
     for f in dataclasses.fields(config_type):
         if f.metadata.get("flag"):
-            tp = next((t for t in typing.get_args(hints[f.name]) if t is not type(None)), hints[f.name])
-            default = f.default if f.default is not dataclasses.MISSING else None
-            parser.add_argument(f.metadata["flag"], dest=f"opt_{f.name}", type=tp, default=None, metavar=f.name.upper(),
-                                help=f"{f.metadata['help']} (default: {default})")
+            tp = split_optional(hints[f.name])[0]  # int | None -> int
+            many = typing.get_origin(tp) is list
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            choices = f"; one of: {', '.join(map(str, choices_of(f)))}" if choices_of(f) else ""
+            parser.add_argument(f.metadata["flag"], dest=f"opt_{f.name}", type=typing.get_args(tp)[0] if many else tp,
+                                nargs="+" if many else None, metavar=f.name.upper(),
+                                help=f"{f.metadata['help']} (default: {default}{choices})")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bionas", description="Neural-architecture search over "
-                                     "(operation, learning rule) pairs.")
+    parser = argparse.ArgumentParser(prog="bionas", description="NAS over (operation, learning rule) pairs.")
     parser.add_argument("--version", action="version", version=f"bionas {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     from bionas import configs
 
-    for name, (module, cls, _, preset, help_text, extra) in COMMANDS.items():
+    for name, (module, cls, run, preset, help_text, extra) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(handler=_run, extra=extra)
-        _flags(p, getattr(importlib.import_module(module), cls))
+        module = importlib.import_module(module)
+        _flags(p, getattr(module, cls))
         for flag, (key, kw) in extra.items():
             p.add_argument(flag, dest=f"extra_{key}", default=None, **kw)
-        if name in PRESETS:
+        if (configs.CONFIG_DIR / f"{name}.yaml").is_file():
             names = ", ".join(configs.presets(name))
             p.add_argument("--preset", *(["--suite"] if name == "attack" else []), default=preset,
                            help=f"named preset of bionas/configs/{name}.yaml: {names} (default: {preset})")
         p.add_argument("--config", metavar="YAML", help="options from a YAML file (e.g. a run's config.yaml)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="any config field, e.g. --set lr=0.05 or --set rule_options.usf.scale=1.0 (repeatable)")
-        if name in RESUMABLE:
+        if "resume" in inspect.signature(getattr(module, run)).parameters:
             p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
     for name, handler, text in (("rules", _list_rules, "list the learning rules"), ("ops", _list_ops, "list the ops")):
@@ -86,13 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _overrides(args) -> dict:
-    from bionas.configs.options import parse_assignment
-
     out = {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_") and v is not None}
-    for key, _ in args.extra.values():
-        value = getattr(args, f"extra_{key}")
-        if value is not None:
-            out[key] = value == "random" if key == "random_rules" else value
+    out.update({k: (v == "random" if k == "random_rules" else v) for k, _ in args.extra.values()
+                if (v := getattr(args, f"extra_{k}")) is not None})
     out.update(parse_assignment(text) for text in args.set)
     if args.no_progress:
         out["progress"] = False
@@ -100,15 +92,10 @@ def _overrides(args) -> dict:
 
 
 def _run(args) -> int:
-    from bionas.configs.options import resolve
-
     module, cls, run, _, _, _ = COMMANDS[args.command]
     module = importlib.import_module(module)
     config_type, run = getattr(module, cls), getattr(module, run)
     overrides = _overrides(args)
-    if args.command == "hebbian" and "epochs" in overrides:  # one flag for the epochs that the preset trains
-        learning = resolve(config_type, "hebbian", args.preset, args.config, {}).learning
-        overrides["backprop_epochs" if learning == "backprop" else "classifier_epochs"] = overrides.pop("epochs")
     if getattr(args, "resume", False) and args.command != "hebbian":
         # the run's saved config rules; the command line may only repeat it (checked by the run)
         known = {f.name for f in dataclasses.fields(config_type)}
@@ -117,35 +104,29 @@ def _run(args) -> int:
     else:
         config = resolve(config_type, args.command, getattr(args, "preset", None), args.config, overrides)
         result = run(config, resume=True) if getattr(args, "resume", False) else run(config)
-    if result.summary():
+    if result.summary():  # empty on the ranks of a data-parallel run other than 0
         print(result.summary())
         print(f"wrote {result.out}/: {', '.join(sorted(p.name for p in result.out.iterdir() if p.is_file()))}")
     return 0
 
 
-def _first_line(obj) -> str:
-    return (obj.__doc__ or "").strip().splitlines()[0] if obj.__doc__ else ""
-
-
 def _list_rules(args) -> int:
-    from bionas import rules
+    from bionas.rules import RULES
     from bionas.rules.convert import rule_options
 
-    print(f"{'rule':<8} {'kind':<9} {'options':<22} description")
-    for name in rules.RULES:
-        cls = rules.RULES.get(name)
-        options = ", ".join(f"{k}={v!r}" for k, v in rule_options(cls).items()) or "-"
-        print(f"{name:<8} {cls.kind:<9} {options:<22} {_first_line(cls)}")
+    for name in RULES:
+        cls = RULES.get(name)
+        options = ", ".join(f"{k}={v!r}" for k, v in rule_options(cls).items()) or "no options"
+        print(f"{name:<8} {cls.kind:<9} {(cls.__doc__ or '-').strip().splitlines()[0]}\n{'':18}options: {options}")
     return 0
 
 
 def _list_ops(args) -> int:
     from bionas import ops
 
-    print(f"{'op':<13} {'params@C=16':>11}  description")
     for name in ops.OPS:
         n = sum(p.numel() for p in ops.create_op(name, 16, 1).parameters())
-        print(f"{name:<13} {n:>11}  {_first_line(ops.OPS.get(name))}")
+        print(f"{name:<13} {n:>6} weights at C=16  {(ops.OPS.get(name).__doc__ or '-').strip().splitlines()[0]}")
     return 0
 
 

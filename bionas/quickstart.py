@@ -40,7 +40,7 @@ class QuickstartConfig:
                           "else scikit-learn's digits)", flag="--dataset")
     data_dir: str | None = option(None, "dataset directory (null: $BIONAS_DATA)", flag="--data-dir")
     rules: list[str] = option(help="rules to train, one network each ('mixed': every rule in one network)",
-                              choices=None, factory=_default_rules)
+                              factory=_default_rules, flag="--rules")
     steps: int = option(150, "SGD steps per network", ge=1, flag="--steps")
     batch_size: int = option(64, "batch size", ge=1, flag="--batch-size")
     lr: float = option(0.05, "learning rate", gt=0, flag="--lr")

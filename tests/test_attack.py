@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bionas.attack import (AttackModel, craft, gradient_mode, isolated_random_state, load_target, markdown_table,
+from bionas.attack import (ATTACKS, AttackModel, craft, gradient_mode, isolated_random_state, load_target, markdown_table,
                            masking_warnings, resolve_config, run_attack, variants)
 from bionas.attack.onepixel import BatchedOnePixel
 from bionas.cli import main
@@ -39,7 +39,7 @@ def checkpoints(cifar10_root, tmp_path_factory):
 
 def small_suite(checkpoints, out, **overrides):
     options = {"checkpoints": [str(checkpoints["bp"]), str(checkpoints["fa"])], "n": N, "out": str(out),
-               "attacks": ["fgsm", "pgd", "tpgd", "apgd", "square", "onepixel", "transfer"],
+               "attacks": list(ATTACKS),  # every registered attack: a new one is tested for free
                "source": str(checkpoints["bp"]), "apgd_steps": 10, "square_queries": 50, "onepixel_pixels": [1, 3],
                "progress": False, "batch_size": 25}
     options.update(overrides)
@@ -57,7 +57,8 @@ def test_every_attack_runs_and_never_beats_clean_accuracy(checkpoints, tmp_path)
                    "params", "eps", "alpha", "steps", "n_queries", "pixels", "popsize", "eot_iter", "source"]:
         assert column in table.columns, column
     attacks = set(table["attack"])
-    assert attacks == {"Clean", "FGSM", "PGD", "TPGD", "APGD", "Square", "OP1", "OP3", "Transfer"}
+    assert attacks == {"Clean", *(v.label for v in variants(small_suite(checkpoints, tmp_path / "b")))}
+    assert attacks >= {"Clean", "FGSM", "PGD", "TPGD", "APGD", "Square", "OP1", "OP3", "Transfer"}
     assert (table["n_images"] == N).all()
     # bp: exact gradients only; fa: both modes for white-box, one row for black-box attacks
     fa = table[table["model"] == "fa"]

@@ -102,8 +102,12 @@ def test_setup_errors_are_one_line():
         resolve_config("soft")
     with pytest.raises(ConfigError, match="needs hebbian options for each of the 3 blocks"):
         resolve_config("hard_wta_bcm", overrides={"layers": [{}]})
-    with pytest.raises(ConfigError, match="unknown hebbian option"):
-        resolve_config("hard_wta_bcm", overrides={"epochs": 3})
+    with pytest.raises(ConfigError, match="unknown hebbian option 'epoch'"):
+        resolve_config("hard_wta_bcm", overrides={"epoch": 3})
+    # --epochs is the read-out's epochs, or the backprop preset's
+    assert resolve_config("hard_wta_bcm", overrides={"epochs": 3}).with_epochs_applied().classifier_epochs == 3
+    bp = resolve_config("backprop", overrides={"epochs": 4}).with_epochs_applied()
+    assert (bp.backprop_epochs, bp.classifier_epochs, bp.epochs) == (4, 20, None)
 
 
 def test_small_real_runs_learn_locally_write_results_and_refuse_a_used_out(cifar10_root, tmp_path):

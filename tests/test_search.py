@@ -1,6 +1,8 @@
 """The search loop end to end on tiny real CIFAR-10: genotypes, outputs, resume, config, CLI."""
 import json
 
+import dataclasses
+
 import pytest
 import torch
 import yaml
@@ -8,7 +10,7 @@ import yaml
 from bionas.cli import main
 from bionas.errors import BionasError, ConfigError
 from bionas.genotype import load_genotype
-from bionas.search import resolve_config, run_search
+from bionas.search import STRATEGIES, resolve_config, run_search
 from bionas.space import load_space
 from bionas.configs.options import parse_assignment
 from bionas.search.config import SearchConfig
@@ -218,3 +220,20 @@ def test_cell_pictures_colour_edges_by_the_rule_registry_and_give_weightless_ops
         plots.draw_cells(genotype, tmp_path / f"{engine}.png", engine=engine)
         image = matplotlib.image.imread(tmp_path / f"{engine}.png")
         assert image.shape[0] > 500 and image.shape[1] > 500 and image.std() > 0.05, engine
+
+
+@pytest.mark.parametrize("method", list(STRATEGIES))
+def test_every_registered_strategy_searches_resumes_and_derives_a_valid_genotype(tiny, method, killed_after):
+    """Run each strategy for 2 epochs (first epoch architecture-free where a strategy warms up:
+    ``warmup_epochs`` 1 if it has one), straight and killed after epoch 1 then resumed."""
+    fields = {f.name for f in dataclasses.fields(STRATEGIES.get(method).Options)}
+    options = {"warmup_epochs": 1} if "warmup_epochs" in fields else {}
+    config = _replace(tiny, method=method, strategy_options={method: options})
+    straight = run_search(config)
+    with pytest.raises(Killed):
+        run_search(_replace(config, out=tiny.out + "_k"), on_epoch_end=killed_after(1))
+    resumed = run_search(_replace(config, out=tiny.out + "_k"), resume=True)
+    assert resumed.genotype == straight.genotype and resumed.genotype.weights == straight.genotype.weights
+    straight.genotype.validate(load_space(tiny.space))
+    first, last = straight.genotype.weights, load_genotype(straight.out / "genotype.json").weights
+    assert first == last and len(straight.history) == 2

@@ -16,9 +16,10 @@ GRADIENT_CHOICES = ("auto", "exact", "rule", "both")  # auto: both for models wi
 
 @dataclass
 class AttackConfig:
-    checkpoints: list[str] = option(help="bionas train checkpoint files or run directories", factory=list)
+    checkpoints: list[str] = option(help="bionas train checkpoint files or run directories", factory=list,
+                                    flag="--checkpoint")
     preset: str = option("quick", "the named preset this config started from")
-    attacks: list[str] = option(help="attacks to run (empty: the preset's)", choices=None, factory=list)
+    attacks: list[str] = option(help="attacks to run instead of the preset's", factory=list, flag="--attacks")
     gradient: str = option("auto", "white-box gradient: exact, the rules' own, or both (auto: both for non-bp "
                            "models)", choices=GRADIENT_CHOICES, flag="--gradient")
     source: str | None = option(None, "checkpoint the transfer attack crafts its examples on", flag="--source")

@@ -64,7 +64,7 @@ def choices_of(f: dataclasses.Field) -> tuple | None:
     return None if choices is None else tuple(choices)
 
 
-def _split_optional(tp: Any) -> tuple[Any, bool]:
+def split_optional(tp: Any) -> tuple[Any, bool]:
     """``int | None`` -> (int, True); ``int`` -> (int, False)."""
     if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -120,7 +120,7 @@ def _coerce(name: str, tp: Any, value: Any, meta: dict) -> Any:
 
 
 def _check_value(name: str, f: dataclasses.Field, tp: Any, value: Any) -> Any:
-    inner, optional = _split_optional(tp)
+    inner, optional = split_optional(tp)
     if value is None:
         if optional:
             return None

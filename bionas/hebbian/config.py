@@ -9,6 +9,7 @@ same network end to end by Adam at lr 1e-3.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from bionas.configs.options import option, resolve, to_dict
@@ -45,6 +46,8 @@ class HebbianConfig:
     lr_halve_every: int = option(2, "epochs between halvings", ge=1)
     dropout: float = option(0.5, "dropout before the classifier", ge=0, lt=1)
     backprop_epochs: int = option(20, "epochs of the backprop preset", ge=1)
+    epochs: int | None = option(None, "sets classifier_epochs, or backprop_epochs for learning: backprop", ge=1,
+                                flag="--epochs")
     backprop_lr: float = option(1e-3, "Adam learning rate of the backprop preset", gt=0)
     feature_dtype: str = option("float16", "cached features (CIFAR-10's 60,000 x 24,576 take 2.9 GB in float16)",
                                 choices=("float16", "bfloat16", "float32"))
@@ -63,6 +66,14 @@ class HebbianConfig:
         if self.surround_forward and not (self.learning == "hebbian" and any(b.get("surround") for b in self.layers)):
             raise ConfigError(f"surround_forward needs hebbian layers with surround: true; preset {self.preset!r} "
                               f"has none (try --preset hard_wta_bcm_surround)")
+
+    def with_epochs_applied(self) -> "HebbianConfig":
+        """``epochs`` moved to the field it stands for: the read-out's epochs, or for ``learning:
+        backprop`` the end-to-end epochs."""
+        if self.epochs is None:
+            return self
+        key = "backprop_epochs" if self.learning == "backprop" else "classifier_epochs"
+        return dataclasses.replace(self, **{key: self.epochs, "epochs": None})
 
     def to_dict(self) -> dict:
         return to_dict(self)

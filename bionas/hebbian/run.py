@@ -264,7 +264,7 @@ def unfinished(out: str | Path) -> bool:
 
 def run_hebbian(config: HebbianConfig, resume: bool = False) -> HebbianResult:
     """Run one preset end to end (see the module docstring); returns its results."""
-    config = check(config)
+    config = check(config).with_epochs_applied()
     out = Path(config.out)
     saved = out / "checkpoint.pt"  # phase "hebbian": the learned layers; phase "backprop": the epochs so far
     previous = None  # the results of a finished backprop run that --resume takes to more epochs

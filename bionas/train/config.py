@@ -43,7 +43,7 @@ class TrainConfig:
     # what to train
     model: str = option(CELL_MODEL, "darts: the cell network of --genotype; resnet20, resnet56: baselines",
                         choices=_models, flag="--model")
-    genotype: str | None = option(None, "registered genotype (darts_v1, darts_v2) or a genotype file",
+    genotype: str | None = option(None, "a registered genotype (bionas.models.GENOTYPES) or a genotype file",
                                   flag="--genotype")
     rule: str | None = option(None, "one learning rule on every weighted layer or edge", choices=_rules,
                               flag="--rule")
@@ -66,7 +66,7 @@ class TrainConfig:
     image_size: int = option(224, "ImageNet only: crop size", ge=1)
     workers: int = option(4, "ImageNet only: decoding processes per rank", ge=0)
     # optimisation: SGD
-    epochs: int = option(600, "epochs", ge=1, flag="--epochs")
+    epochs: int = option(600, "epochs (the paper's preset for the model and dataset sets it)", ge=1, flag="--epochs")
     batch_size: int = option(96, "global batch (split over the ranks under torchrun)", ge=1, flag="--batch-size")
     steps_per_epoch: int | None = option(None, "steps per epoch (null: one pass over the training images)", ge=1)
     lr: float = option(0.025, "initial learning rate", gt=0, flag="--lr")
