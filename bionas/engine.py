@@ -2,9 +2,10 @@
 
 Every place that trains weights -- ``bionas train`` (cell networks, ResNets), the search
 strategies' weight step, the Hebbian CNN's backprop run and linear read-out, ``bionas
-quickstart`` -- calls :func:`train_step`; it is also the one place where local learning rules
-(``hebbian``, ``pc``) are switched on (:func:`bionas.rules.local_updates`), so they learn in
-weight-training steps and nowhere else.
+quickstart`` -- calls :func:`train_step` (and the Hebbian CNN's label-free phase
+:func:`local_step`); these two are the only places where local learning rules (``hebbian``,
+``pc``) are switched on (:func:`bionas.rules.local_updates`), so they learn in weight-training
+steps and nowhere else.
 
 Every resumable run saves one kind of checkpoint (:func:`save_checkpoint`): a dict with the
 format tag, the kind of run, the package version, the resolved config, the epoch, the history,
@@ -103,6 +104,16 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
         raise TrainingDiverged(f"{what} loss became {value} (gradient norm {norm}) at step {step}; {fix}, then rerun")
     optimizer.step()
     return value, out
+
+
+@torch.no_grad()
+def local_step(model: nn.Module, x: torch.Tensor, forward: Callable[[torch.Tensor], Any] | None = None) -> Any:
+    """One forward pass in training mode, without gradients, in which the local rules (``hebbian``,
+    ``pc``) update their weights: unsupervised learning with no loss and no optimiser (the Hebbian
+    CNN's phase 1). ``forward(x)`` defaults to ``model(x)``."""
+    model.train()
+    with rules.local_updates(model):
+        return model(x) if forward is None else forward(x)
 
 
 @torch.no_grad()

@@ -140,3 +140,12 @@ def test_imagenet_network_shapes():
     logits, aux = net.forward_with_aux(x)
     assert logits.shape == (2, 7) and aux.shape == (2, 7)
     assert net.eval()(x).shape == (2, 7)
+
+
+@pytest.mark.parametrize("name", GENOTYPES.names())
+def test_every_registered_genotype_is_valid_in_the_darts_space_and_builds(name, batch):
+    genotype = resolve_genotype(name, load_space("darts"))
+    net = NetworkCIFAR(genotype, 10, C=4, layers=3, auxiliary=False).eval()
+    with torch.no_grad():
+        assert net(batch[0]).shape == (10, 10)
+    assert set(rules.rules_in(net).values()) == {"bp"}  # published genotypes are backprop cells

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 import bionas
 from bionas import rules
 from bionas.data import load_dataset
-from bionas.engine import (TrainingDiverged, load_checkpoint, restore_random_state, save_checkpoint,
+from bionas.engine import (TrainingDiverged, load_checkpoint, local_step, restore_random_state, save_checkpoint,
                            train_step)
 from bionas.configs.options import check
 from bionas.errors import ConfigError
@@ -116,11 +116,10 @@ def hebbian_phase(net: HebbianCNN, x: Tensor, config: HebbianConfig, device: tor
     for epoch in range(config.hebbian_epochs):
         bar = _bar(-(-len(x) // config.hebbian_batch_size), f"hebbian epoch {epoch + 1}/{config.hebbian_epochs}",
                    config)
-        with torch.no_grad(), rules.local_updates(net):
-            for idx in _batches(len(x), config.hebbian_batch_size, gen):
-                batch = x[idx].to(device)
-                net.features(_flip(batch, gen) if config.flip else batch)
-                bar.update(1)
+        for idx in _batches(len(x), config.hebbian_batch_size, gen):
+            batch = x[idx].to(device)
+            local_step(net, _flip(batch, gen) if config.flip else batch, forward=net.features)
+            bar.update(1)
         bar.close()
         for name, layer in rules.rule_layers(net):
             if not torch.isfinite(layer.weight).all():

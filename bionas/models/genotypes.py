@@ -5,6 +5,11 @@
 takes a registered name or a file (JSON or literal). ``with_rule`` retrains a genotype with one rule
 on every edge ("same learning rule end to end", BioNAS section 4); ``with_random_rules`` draws each
 weighted edge's rule from those a space allows for its op.
+
+Adding a published genotype: one ``GENOTYPES.register("<name>")("Genotype(...)")`` line below with
+the DARTS literal (``op|rule`` for a rule other than ``bp``) and its source; ``bionas train
+--genotype <name>`` then trains it and the registry-parametrised test in ``tests/test_darts_net.py``
+builds it.
 """
 from __future__ import annotations
 
