@@ -1,15 +1,18 @@
-"""Time and memory of one search step (architecture + weights) per search space.
+"""Time and memory of one search step (architecture + weights) per search configuration.
 
-Each space's supernet is built at the same channels, cells and batch size and driven by the
-DARTS strategy on real CIFAR-10 batches; spaces alternate within each round so that machine
-noise hits them alike, and the table reports median step times and their ratio to the first
-space (``darts``: the 8 original DARTS ops, all backprop). Memory is, on a GPU, the peak
+A configuration is ``SPACE/ORDER[/HESSIAN]`` (``darts/first``, ``bionas/second/exact``,
+``bionas/second/finite_difference``). Each supernet is built at the same channels, cells and
+batch size and driven by the DARTS strategy on real CIFAR-10 batches; configurations alternate
+within each round so that machine noise hits them alike, and the table reports median step
+times and their ratio to the first configuration (``darts/first``: the 8 original DARTS ops,
+all backprop, first order). Memory is, on a GPU, the peak
 allocated during a step above what was allocated before it; on a CPU (no allocator statistics)
 the bytes of the tensors autograd saves for the backward of a weight step, i.e. the activation
 memory, counted once per storage. The question asked of the numbers: does the cost grow no
 faster than the number of candidates per edge?
 
     python scripts/bench_search.py                                  # CPU, writes results/bench_search.csv
+    python scripts/bench_search.py --configs darts/first bionas/second/finite_difference bionas/second/exact
     python scripts/bench_search.py --device cuda --batch 64 --out results/bench_search_cuda.csv
 """
 from __future__ import annotations
@@ -58,11 +61,11 @@ def activation_bytes(model, x, y) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--spaces", nargs="+", default=["darts", "bionas"])
+    parser.add_argument("--configs", nargs="+", default=["darts/first", "bionas/first"],
+                        help="SPACE/ORDER[/HESSIAN] per configuration; ratios are to the first")
     parser.add_argument("--channels", type=int, default=16)
     parser.add_argument("--cells", type=int, default=5)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--order", choices=["first", "second"], default="first")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-channels-last", action="store_true")
@@ -77,11 +80,13 @@ def main() -> None:
     train, val = next(batches), next(batches)
 
     runs = {}
-    for name in args.spaces:
-        space = load_space(name)
+    for name in args.configs:
+        space_name, order, *hessian = name.split("/")
+        space = load_space(space_name)
         shape = SupernetShape(channels=args.channels, cells=args.cells, nodes=space.supernet.nodes)
         model = Supernet(space, 3, 10, seed=0, shape=shape).to(device, memory_format=fmt)
-        strategy = DartsStrategy(model, SearchConfig(order=args.order, epochs=1))
+        options = {"order": order, **({"hessian": hessian[0]} if hessian else {})}
+        strategy = DartsStrategy(model, SearchConfig(epochs=1, strategy_options={"darts": options}))
         strategy.step(train, val, 0)  # warm-up: allocator, oneDNN/cuDNN kernel choice
         runs[name] = dict(space=space, model=model, strategy=strategy, times=[])
         print(f"built {name}: {len(space)} candidates per edge, "
@@ -107,7 +112,8 @@ def main() -> None:
             run["memory"] = activation_bytes(run["model"], *train)
         weighted = sum(1 for c in run["space"].candidates if has_weights(c.op))
         rows.append({
-            "space": name, "candidates": len(run["space"]), "weighted_candidates": weighted,
+            "config": name, "space": run["space"].name, "candidates": len(run["space"]),
+            "weighted_candidates": weighted,
             "weights_M": sum(p.numel() for p in run["model"].weight_parameters()) / 1e6,
             "step_s": statistics.median(run["times"]),
             "memory_MB": run["memory"] / 2**20,
@@ -120,11 +126,11 @@ def main() -> None:
     table["time_ratio"] = table["step_s"] / b["step_s"]
     table["memory_ratio"] = table["memory_MB"] / b["memory_MB"]
     for key, value in {"device": str(device), "channels": args.channels, "cells": args.cells, "batch": args.batch,
-                       "order": args.order, "rounds": args.rounds, "channels_last": not args.no_channels_last,
+                       "rounds": args.rounds, "channels_last": not args.no_channels_last,
                        "threads": torch.get_num_threads()}.items():
         table[key] = value
     save_csv(table, args.out)
-    cols = ["space", "candidates", "weighted_candidates", "weights_M", "step_s", "time_ratio", "candidates_ratio",
+    cols = ["config", "candidates", "weighted_candidates", "weights_M", "step_s", "time_ratio", "candidates_ratio",
             "weighted_ratio", "memory_MB", "memory_ratio"]
     print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"wrote {args.out}")

@@ -42,7 +42,8 @@ def test_unrolled_gradient_matches_the_direct_second_order_gradient(batches):
     net = Supernet(space_from_dict(BP_SPACE), 3, 10, seed=0, shape=SMALL).double()
     lr, mu, wd = 0.05, 0.9, 3e-4
     config = SearchConfig(lr=lr, momentum=mu, nesterov=True, weight_decay=wd, epochs=2,
-                          strategy_options={"darts": {"order": "second", "unrolled_radius": 1e-7}})
+                          strategy_options={"darts": {"order": "second", "hessian": "finite_difference",
+                                                      "unrolled_radius": 1e-7}})
     strategy = DartsStrategy(net, config)
     strategy.train_weights((xt, yt), step=0)  # momentum buffers now exist
     with preserved_batchnorm_statistics(net):
@@ -81,15 +82,18 @@ def test_virtual_step_is_what_sgd_does(batches):
                 torch.testing.assert_close(p.detach(), q, rtol=1e-6, atol=1e-7)
 
 
-def test_second_order_step_uses_one_brsf_draw_for_both_sides_of_the_difference(batches):
+@pytest.mark.parametrize("hessian,draws", [("finite_difference", 3), ("exact", 2)])
+def test_second_order_step_uses_one_brsf_draw_for_both_sides_of_the_difference(batches, hessian, draws):
     space = space_from_dict({"name": "b", "supernet": {"nodes": 2}, "candidates": {"none": [], "sep_conv_3x3": ["brsf"]}})
     net = Supernet(space, 3, 10, seed=0, shape=SMALL)
-    strategy = DartsStrategy(net, SearchConfig(epochs=2, strategy_options={"darts": {"order": "second"}}))
+    strategy = DartsStrategy(net, SearchConfig(epochs=2, strategy_options={"darts": {"order": "second",
+                                                                                     "hessian": hessian}}))
     layers = [layer for _, layer in rules.rule_layers(net)]
     before = [layer.rule.draws for layer in layers]
     strategy.update_architecture(*batches, step=0)
-    # forwards at w (training gradient), w' (validation), w + eps v redraw; w - eps v reuses that draw
-    assert [layer.rule.draws - b for layer, b in zip(layers, before)] == [3] * len(layers)
+    # forwards at w (training gradient) and w' (validation); the finite difference adds w + eps v
+    # (a redraw) and w - eps v (reusing it); the exact term differentiates the graph at w
+    assert [layer.rule.draws - b for layer, b in zip(layers, before)] == [draws] * len(layers)
     assert all(layer.rule.training for layer in layers)  # rules back in training mode
 
 
@@ -129,3 +133,49 @@ def test_state_dict_round_trip_continues_identically(batches):
         if isinstance(a, torch.Tensor):
             assert torch.equal(a, b), name
     assert net.genotype() == net2.genotype()
+
+
+DARTS_SPACE_FEEDBACK = {"name": "mix", "candidates": {
+    "none": [], "max_pool_3x3": [], "avg_pool_3x3": [], "skip_connect": ["usf"],
+    "sep_conv_3x3": ["fa", "usf", "frsf"], "dil_conv_3x3": ["bp", "fa"]}}
+
+
+def _direct_hypergradient(strategy, net, train, val, lr, mu, wd):
+    """d/da L_val(w'(a), a), w'(a) = w - lr ((1 + mu)(g(a) + wd w) + mu^2 buf): autograd through the
+    unrolled Nesterov step, the gradients g(a) kept differentiable (an independent route: no
+    Hessian-vector product is formed)."""
+    names, params = zip(*net.named_weight_parameters())
+    grads = torch.autograd.grad(F.cross_entropy(net(train[0]), train[1]), params, create_graph=True,
+                                allow_unused=True)
+    unrolled = {}
+    for n, p, g in zip(names, params, grads):
+        buf = strategy.weight_optimizer.state[p]["momentum_buffer"]
+        step = (1 + mu) * ((0 if g is None else g) + wd * p) + mu * mu * buf
+        unrolled[n] = p - lr * step
+    return torch.autograd.grad(F.cross_entropy(functional_call(net, unrolled, (val[0],)), val[1]),
+                               net.arch_parameters())
+
+
+@pytest.mark.parametrize("arch_gradient", ["exact", "rule"])
+def test_exact_second_order_equals_autograd_through_the_unrolled_step_at_realistic_size(cifar10_root, arch_gradient):
+    """The DARTS supernet layout (4 nodes, 14 edges, 5 cells with two reductions) of 8 channels over
+    a mixed-rule space, full 32x32 real CIFAR-10 images, float64, after a weight step (so the
+    Nesterov momentum enters w')."""
+    from bionas.data import BatchLoader, load_dataset
+
+    data = load_dataset("cifar10", cifar10_root, "train", per_class=2, seed=1)
+    x, y = next(iter(BatchLoader(data, 12, shuffle=False)))
+    train, val = (x[:6].double(), y[:6]), (x[6:].double(), y[6:])
+    net = Supernet(space_from_dict(DARTS_SPACE_FEEDBACK), 3, 10, seed=0,
+                   shape=SupernetShape(channels=8, cells=5, nodes=4)).double()
+    lr, mu, wd = 0.05, 0.9, 3e-4
+    config = SearchConfig(lr=lr, momentum=mu, nesterov=True, weight_decay=wd, epochs=2,
+                          strategy_options={"darts": {"order": "second", "arch_gradient": arch_gradient}})
+    strategy = DartsStrategy(net, config)
+    strategy.train_weights(train, step=0)  # momentum buffers now exist
+    with preserved_batchnorm_statistics(net), strategy.architecture_gradient_mode():
+        exact, _, _ = strategy.unrolled_gradient(train, val)
+        direct = _direct_hypergradient(strategy, net, train, val, lr, mu, wd)
+    for got, want in zip(exact, direct):
+        assert torch.isfinite(got).all() and want.norm() > 0
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12 * float(want.abs().max()))

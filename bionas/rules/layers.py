@@ -5,14 +5,16 @@ computation are those of the original; a :class:`~bionas.rules.base.LearningRule
 what flows backwards. The feedback path is a custom autograd function whose backward calls the
 same kernel as plain autograd (``aten.convolution_backward`` / two matrix products), handing it
 ``B`` instead of ``W`` for the input gradient, so a feedback rule costs what backprop costs plus
-building ``B``.
+building ``B``. The backward is itself differentiable (``convolution_backward`` and matrix
+products have derivatives), so a double backward -- DARTS' exact second order -- works through
+the rules, differentiating with the rules' feedback paths in both passes; without
+``create_graph`` autograd records nothing and the backward costs what it did.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 from bionas.rules.base import LearningRule
 
@@ -27,12 +29,11 @@ class _FeedbackLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Tensor) -> Tensor:
-        ctx.save_for_backward(x, feedback)
+        ctx.save_for_backward(x, feedback.detach())  # B is a constant of the backward, also when differentiated
         ctx.has_bias = bias is not None
         return F.linear(x, weight, bias)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out: Tensor):
         x, feedback = _as_dtype(grad_out.dtype, *ctx.saved_tensors)
         grad_x = grad_w = grad_b = None
@@ -51,13 +52,12 @@ class _FeedbackConv2d(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, feedback, stride, padding, dilation, groups):
-        ctx.save_for_backward(x, feedback)
+        ctx.save_for_backward(x, feedback.detach())  # B is a constant of the backward, also when differentiated
         ctx.conv = (stride, padding, dilation, groups)
         ctx.has_bias = bias is not None
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out: Tensor):
         x, feedback = _as_dtype(grad_out.dtype, *ctx.saved_tensors)
         stride, padding, dilation, groups = ctx.conv

@@ -4,10 +4,18 @@ Liu, Simonyan & Yang (2019), "DARTS: Differentiable Architecture Search", ICLR,
 https://arxiv.org/abs/1806.09055
 
     first order:   grad_a L_val(w, a)
-    second order:  grad_a L_val(w', a) - xi * grad2_{a,w} L_train(w, a) . grad_w' L_val(w', a),
-                   w' = the weight optimiser's next step from w,
-                   grad2 . v ~ (grad_a L_train(w + eps v, a) - grad_a L_train(w - eps v, a)) / (2 eps),
-                   eps = unrolled_radius / ||v||                                    (DARTS eq. 7-8)
+    second order:  grad_a L_val(w', a) - xi * grad2_{a,w} L_train(w, a) . v,   v = grad_w' L_val(w', a),
+                   w' = the weight optimiser's next step from w                      (DARTS eq. 7)
+    hessian: exact              grad2 . v = grad_a (grad_w L_train(w, a) . v), by double backward
+             finite_difference  grad2 . v ~ (grad_a L_train(w + eps v, a) - grad_a L_train(w - eps v, a))
+                                / (2 eps), eps = unrolled_radius / ||v||              (DARTS eq. 8)
+
+The finite difference is DARTS' approximation; at its default radius it crosses the kinks of ReLU
+and max pooling and can be far from the derivative (results/README.md), so ``exact`` is the
+default. Under ``arch_gradient: rule`` every derivative -- the first-order one and both passes of
+the double backward -- takes the rules' feedback paths, so the Hessian-vector term is the
+derivative of the rules' weight gradient as the rules define derivatives (for ``bp`` the true one);
+the finite difference instead differentiates the rules' weight gradient through the true forward.
 
 Adam moves the logits (lr 3e-4, betas (0.5, 0.999), weight decay 1e-3); the base class trains
 the weights by SGD. The errors that reach the logits flow back through every edge's own
@@ -51,7 +59,9 @@ class DartsOptions:
     arch_lr: float = option(3e-4, "Adam learning rate of the logits", gt=0)
     arch_betas: tuple[float, float] = option((0.5, 0.999), "Adam betas of the logits", ge=0, lt=1)
     arch_weight_decay: float = option(1e-3, "weight decay of the logits", ge=0)
-    unrolled_radius: float = option(0.01, "finite-difference eps = radius / ||grad_w' L_val|| (eq. 8)", gt=0)
+    hessian: str = option("exact", "second order's Hessian-vector term: exact (double backward) or "
+                          "finite_difference (DARTS eq. 8, an approximation)", choices=("exact", "finite_difference"))
+    unrolled_radius: float = option(0.01, "finite difference only: eps = radius / ||grad_w' L_val|| (eq. 8)", gt=0)
     arch_gradient: str = option("rule", "rule: errors flow through each edge's learning rule; exact: true gradient",
                                 choices=("rule", "exact"))
 
@@ -99,16 +109,26 @@ class DartsStrategy(SearchStrategy):
         alphas = model.arch_parameters()
         (xt, yt), (xv, yv) = train_batch, val_batch
 
-        # w' = the step the weight optimiser would take from w on this training batch
-        grads_train = torch.autograd.grad(F.cross_entropy(model(xt), yt), params, allow_unused=True)
+        # w' = the step the weight optimiser would take from w on this training batch; the exact
+        # Hessian-vector term later differentiates these gradients, so their graph is kept
+        exact = self.options.hessian == "exact"
+        grads_train = torch.autograd.grad(F.cross_entropy(model(xt), yt), params, allow_unused=True,
+                                          create_graph=exact)
         with torch.no_grad():
-            unrolled = [self.virtual_step(p, g).requires_grad_() for p, g in zip(params, grads_train)]
+            unrolled = [self.virtual_step(p, None if g is None else g.detach()).requires_grad_()
+                        for p, g in zip(params, grads_train)]
         logits = functional_call(model, dict(zip(names, unrolled)), (xv,))  # (B, classes)
         loss = F.cross_entropy(logits, yv)
         grads = torch.autograd.grad(loss, [*alphas, *unrolled], allow_unused=True)
         d_alpha = list(grads[:len(alphas)])
         v = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads[len(alphas):])]
 
+        xi = self.xi()
+        if exact:
+            dot = sum((g * vi).sum() for g, vi in zip(grads_train, v) if g is not None and g.requires_grad)
+            hv = torch.autograd.grad(dot, alphas, allow_unused=True) if torch.is_tensor(dot) else [None] * len(alphas)
+            return ([da - xi * h if h is not None else da for da, h in zip(d_alpha, hv)],
+                    loss.detach(), logits.detach())
         norm = torch.sqrt(sum(vi.pow(2).sum() for vi in v))
         if float(norm) == 0.0:
             return d_alpha, loss.detach(), logits.detach()
@@ -116,7 +136,6 @@ class DartsStrategy(SearchStrategy):
         plus = self._train_arch_gradient(names, params, v, eps, train_batch)
         with no_feedback_redraws(model):  # the same random feedback on both sides of the difference
             minus = self._train_arch_gradient(names, params, v, -eps, train_batch)
-        xi = self.xi()
         return ([da - xi * (gp - gm) / (2 * eps) for da, gp, gm in zip(d_alpha, plus, minus)],
                 loss.detach(), logits.detach())
 
