@@ -1,8 +1,9 @@
 """Time and memory of one search step (architecture + weights) per search configuration.
 
-A configuration is ``SPACE/ORDER[/HESSIAN]`` (``darts/first``, ``bionas/second/exact``,
-``bionas/second/finite_difference``). Each supernet is built at the same channels, cells and
-batch size and driven by the DARTS strategy on real CIFAR-10 batches; configurations alternate
+A configuration is ``SPACE/ORDER[/HESSIAN][/kK]``: ``darts/first``, ``bionas/second/exact``,
+``bionas/second/finite_difference``, ``bionas/first/k4`` (PC-DARTS partial channels, K = 4).
+Each supernet is built at the same channels, cells and batch size and driven by the DARTS
+strategy on real CIFAR-10 batches; configurations alternate
 within each round so that machine noise hits them alike, and the table reports median step
 times and their ratio to the first configuration (``darts/first``: the 8 original DARTS ops,
 all backprop, first order). Memory is, on a GPU, the peak
@@ -81,10 +82,12 @@ def main() -> None:
 
     runs = {}
     for name in args.configs:
-        space_name, order, *hessian = name.split("/")
+        space_name, order, *extra = name.split("/")
         space = load_space(space_name)
         shape = SupernetShape(channels=args.channels, cells=args.cells, nodes=space.supernet.nodes)
-        model = Supernet(space, 3, 10, seed=0, shape=shape).to(device, memory_format=fmt)
+        k = next((int(part[1:]) for part in extra if part.startswith("k")), 1)
+        hessian = [part for part in extra if not part.startswith("k")]
+        model = Supernet(space, 3, 10, seed=0, shape=shape, partial_channels=k).to(device, memory_format=fmt)
         options = {"order": order, **({"hessian": hessian[0]} if hessian else {})}
         strategy = DartsStrategy(model, SearchConfig(epochs=1, strategy_options={"darts": options}))
         strategy.step(train, val, 0)  # warm-up: allocator, oneDNN/cuDNN kernel choice

@@ -11,7 +11,7 @@ from bionas.genotype import load_genotype
 from bionas.search import run_search
 from bionas.space import SupernetShape, load_space, space_from_dict
 from bionas.search.config import SearchConfig
-from bionas.search.eg import EvolutionaryStrategy, compound_fitness, similarity
+from bionas.search.eg import EvolutionaryStrategy, compound_fitness, fitness_values, selection_keys, similarity
 from bionas.search.supernet import Supernet
 from conftest import Killed
 
@@ -93,7 +93,7 @@ def test_scoring_leaves_no_trace(batch):
 
 
 def test_evolution_is_seeded_per_restart_and_epoch_bounded_and_isolated(batch):
-    strategy = _strategy(population=6, restarts=2, max_norm=0.5, step_size=1.0)
+    strategy = _strategy(population=6, restarts=2, max_norm=0.5, step_size=1.0, fitness="release")  # always moves
     np.random.seed(123)
     numpy_state = np.random.get_state()[1].copy()
     torch_state = torch.get_rng_state()
@@ -101,15 +101,14 @@ def test_evolution_is_seeded_per_restart_and_epoch_bounded_and_isolated(batch):
     # the global RNGs are neither used nor changed
     assert np.array_equal(np.random.get_state()[1], numpy_state) and torch.equal(torch.get_rng_state(), torch_state)
     log = strategy.fitness_log
-    assert len(log) == 2 and log[0]["best"] != log[1]["best"]  # restarts draw different populations
+    assert len(log) == 2 and log[0]["mean_ce"] != log[1]["mean_ce"]  # restarts draw different populations
     for alpha in strategy.model.arch_parameters():  # centred, norm-capped logits
         assert torch.allclose(alpha.detach().mean(-1), torch.zeros(alpha.shape[0]), atol=1e-6)
         assert float(alpha.detach().norm(dim=-1).max()) <= 0.5 + 1e-5
-    assert strategy.sigma(0) == 1.0 and strategy.sigma(3) == 0.25 and strategy.sigma(200) == 0.02
     # the same seed and state evolve the same way; another seed does not
-    again = _strategy(population=6, restarts=2, max_norm=0.5, step_size=1.0)
+    again = _strategy(population=6, restarts=2, max_norm=0.5, step_size=1.0, fitness="release")
     again.evolve(batch)
-    other = _strategy(population=6, restarts=2, max_norm=0.5, step_size=1.0, seed=5)
+    other = _strategy(population=6, restarts=2, max_norm=0.5, step_size=1.0, seed=5, fitness="release")
     other.evolve(batch)
     for a, b, c in zip(strategy.model.arch_parameters(), again.model.arch_parameters(),
                        other.model.arch_parameters()):
@@ -117,7 +116,7 @@ def test_evolution_is_seeded_per_restart_and_epoch_bounded_and_isolated(batch):
 
 
 def test_warm_up_trains_weights_only_then_evolves_once_per_epoch(batch):
-    strategy = _strategy(warmup_epochs=1, population=4, restarts=1)
+    strategy = _strategy(warmup_epochs=1, population=4, restarts=1, fitness="release")
     alphas = [a.detach().clone() for a in strategy.model.arch_parameters()]
     half = (batch[0][:5], batch[1][:5]), (batch[0][5:], batch[1][5:])
     strategy.step(*half, step=0)
@@ -148,3 +147,38 @@ def test_killed_and_resumed_eg_run_equals_an_uninterrupted_one(tiny, tmp_path, k
     resumed = run_search(dataclasses.replace(tiny, out=str(tmp_path / "k")), resume=True)
     assert resumed.genotype == full.genotype and resumed.genotype.weights == full.genotype.weights
     assert (tmp_path / "k" / "fitness.csv").read_text() == (tmp_path / "full" / "fitness.csv").read_text()
+
+
+def test_sigma_counts_evolutionary_updates_from_the_warm_up_on():
+    decay = _strategy(warmup_epochs=15)
+    assert [decay.sigma(e) for e in (0, 15, 16, 18)] == [1.0, 1.0, 0.5, 0.25] and decay.sigma(500) == 0.02
+    assert _strategy(warmup_epochs=15, sigma_schedule="constant").sigma(40) == 1.0  # the release's effect
+
+
+def test_grouped_selection_never_lets_similarity_lift_a_less_accurate_candidate():
+    """A constructed population: current accuracy 0.5. Candidate 0 is less accurate but has the
+    lowest CE and is the most dissimilar (the release's fitness picks it); 1 and 2 are as accurate,
+    2 with a slightly higher CE but far more diverse; 3 is more accurate with a high CE."""
+    ce = torch.tensor([1.0, 1.30, 1.35, 2.0], dtype=torch.float64)
+    acc = torch.tensor([0.4, 0.5, 0.5, 0.6], dtype=torch.float64)
+    sim = torch.tensor([0.0, 0.9, 0.2, 1.0], dtype=torch.float64)
+    release = selection_keys(ce, acc, 0.5, sim, 0.4, "release")
+    assert int(release[:, 1].argmin()) == 0  # the defect: a less accurate candidate wins
+    keys = selection_keys(ce, acc, 0.5, sim, 0.4)
+    order = sorted(range(4), key=lambda k: tuple(keys[k].tolist()))
+    # as-accurate-or-better first, by CE + lam s: 2 (1.35 + 0.08) < 1 (1.30 + 0.36) < 3 (2.0 + 0.4); then 0
+    assert order == [2, 1, 3, 0]
+    values = fitness_values(keys)  # what CMA-ES ranks: the same order
+    assert sorted(range(4), key=lambda k: float(values[k])) == order
+
+
+def test_grouped_evolution_logs_its_selection_and_never_moves_towards_a_worse_candidate(batch):
+    strategy = _strategy(population=6, restarts=2, warmup_epochs=0)
+    before = [a.detach().clone() for a in strategy.model.arch_parameters()]
+    strategy.evolve(batch)
+    log = strategy.fitness_log
+    assert {"selected_acc", "selected_ce", "current_acc", "selected_beats_current", "selected_not_worse"} <= set(log[0])
+    for row in log:  # the selection is as accurate as the current architecture whenever one in the population is
+        assert row["selected_not_worse"] == (row["population_best_acc"] >= row["current_acc"])
+    moved = not all(torch.equal(a, b) for a, b in zip(before, strategy.model.arch_parameters()))
+    assert moved == any(row["selected_not_worse"] for row in log)

@@ -222,13 +222,16 @@ def test_cell_pictures_colour_edges_by_the_rule_registry_and_give_weightless_ops
         assert image.shape[0] > 500 and image.shape[1] > 500 and image.std() > 0.05, engine
 
 
+@pytest.mark.parametrize("partial_channels", [1, 2])
 @pytest.mark.parametrize("method", list(STRATEGIES))
-def test_every_registered_strategy_searches_resumes_and_derives_a_valid_genotype(tiny, method, killed_after):
+def test_every_registered_strategy_searches_resumes_and_derives_a_valid_genotype(tiny, method, partial_channels,
+                                                                                killed_after):
     """Run each strategy for 2 epochs (first epoch architecture-free where a strategy warms up:
-    ``warmup_epochs`` 1 if it has one), straight and killed after epoch 1 then resumed."""
+    ``warmup_epochs`` 1 if it has one), straight and killed after epoch 1 then resumed, on the
+    full-channel supernet and on PC-DARTS' partial-channel one."""
     fields = {f.name for f in dataclasses.fields(STRATEGIES.get(method).Options)}
     options = {"warmup_epochs": 1} if "warmup_epochs" in fields else {}
-    config = _replace(tiny, method=method, strategy_options={method: options})
+    config = _replace(tiny, method=method, strategy_options={method: options}, partial_channels=partial_channels)
     straight = run_search(config)
     with pytest.raises(Killed):
         run_search(_replace(config, out=tiny.out + "_k"), on_epoch_end=killed_after(1))

@@ -112,7 +112,7 @@ def test_same_seed_same_supernet_whatever_the_global_rng():
 def test_odd_channels_other_node_counts_and_unknown_init_are_refused():
     from bionas.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="channels must be even"):
+    with pytest.raises(ConfigError, match="channels must be a multiple of 2 x partial_channels"):
         Supernet(load_space("darts"), 3, 10, shape=SupernetShape(channels=5, cells=3))
     with pytest.raises(ConfigError, match="unknown init 'he'"):
         Supernet(load_space("darts"), 3, 10, shape=SMALL, init="he")
@@ -179,12 +179,14 @@ def test_evaluation_uses_batch_statistics_and_leaves_no_trace(images):
     assert acc == pytest.approx(float((logits.argmax(1) == y).float().mean()))
 
 
-def test_a_population_forward_equals_separate_forwards_and_keeps_running_statistics(images):
+@pytest.mark.parametrize("partial_channels", [1, 2])
+def test_a_population_forward_equals_separate_forwards_and_keeps_running_statistics(images, partial_channels):
     """P architectures in one pass == P training-mode passes, each with its own batch statistics."""
     from bionas.search.strategy import no_feedback_redraws
 
     x = images[0][:6].double()
-    net = Supernet(space_from_dict(MIXED_RULES), 3, 10, seed=0, shape=SMALL).double().train()
+    net = Supernet(space_from_dict(MIXED_RULES), 3, 10, seed=0, shape=SMALL,
+                   partial_channels=partial_channels).double().train()
     E, K = net.alpha_normal.shape
     gen = torch.Generator().manual_seed(1)
     normal = torch.softmax(torch.randn(3, E, K, generator=gen, dtype=torch.float64), -1)
@@ -200,3 +202,49 @@ def test_a_population_forward_equals_separate_forwards_and_keeps_running_statist
     for k, v in stats.items():  # the population pass left every running statistic of the cells alone
         torch.testing.assert_close(after_population[k], v, rtol=0, atol=0)
     assert all(bn.population == 0 for bn in net._population_bns)  # switched back off
+
+
+def test_partial_channel_edges_mix_a_kth_of_the_channels_and_shuffle_the_rest_through():
+    """PC-DARTS' edge: candidates on the first C/K channels, the rest bypassed (max-pooled at
+    stride 2), then a channel shuffle; checked against the formula written out."""
+    from bionas.search.supernet import MixedEdge
+
+    space = space_from_dict(MIXED_RULES)
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 6, 6)
+    for stride in (1, 2):
+        edge = MixedEdge(space.candidates, 8, stride, seed=0, partial_channels=4).eval()
+        assert all(m.in_channels == 2 for m in edge.modules() if isinstance(m, torch.nn.Conv2d))
+        w = torch.softmax(torch.randn(len(space)), 0)
+        got = edge(x, w)
+        mixed = sum(w[k] * op(x[:, :2]) for k, op in enumerate(edge.ops))  # (2, 2, H', W')
+        rest = x[:, 2:] if stride == 1 else torch.nn.functional.max_pool2d(x[:, 2:], 2, 2, ceil_mode=True)
+        both = torch.cat([mixed, rest], 1)  # channels [m0, m1, r0..r5]
+        want = both[:, [0, 2, 4, 6, 1, 3, 5, 7]]  # the shuffle: group g's i-th channel to i * 4 + g
+        torch.testing.assert_close(got, want)
+
+
+def test_partial_channels_add_edge_weights_that_darts_trains_and_the_genotype_uses(images):
+    x, y = images[0][:8], images[1][:8]
+    net = Supernet(space_from_dict(MIXED_RULES), 3, 10, seed=0, shape=SMALL, partial_channels=2)
+    full = Supernet(space_from_dict(MIXED_RULES), 3, 10, seed=0, shape=SMALL)
+    assert len(net.arch_parameters()) == 4 and len(full.arch_parameters()) == 2
+    torch.testing.assert_close(net.alpha_normal, full.alpha_normal)  # the same seed, the same logits
+    weights = net.mixing_weights()
+    assert weights[2].shape == (SMALL.edges_per_cell,)
+    sums = [float(w.detach().sum()) for w in weights[2].split([2, 3, 4, 5])]  # each node's edges sum to 1
+    assert sums == pytest.approx([1.0] * 4)
+    strategy = DartsStrategy(net, SearchConfig(epochs=2, strategy_options={"darts": {"arch_lr": 0.1}}))
+    before = [p.detach().clone() for p in net.arch_parameters()]
+    strategy.update_architecture((x, y), (x, y), step=0)
+    assert all(not torch.equal(a, p) for a, p in zip(before, net.arch_parameters()))  # betas move too
+    # an edge the edge weights favour wins its node even when its candidates weigh less
+    with torch.no_grad():
+        net.alpha_normal.zero_()
+        net.alpha_normal[0, 3] = 2.0  # edge 0 (node 2 <- input 0): sep_conv_3x3|fa strong
+        net.alpha_normal[1, 4] = 1.0  # edge 1 (node 2 <- input 1): weaker
+        net.beta_normal.zero_()
+        net.beta_normal[1] = 5.0  # but node 2 trusts edge 1 far more
+    plain = full.genotype((torch.softmax(net.alpha_normal, -1), torch.softmax(net.alpha_reduce, -1)))
+    edges = {(e.node, e.source): e for e in net.genotype().normal}
+    assert (2, 1) in edges and (2, 1) in {(e.node, e.source) for e in plain.normal}

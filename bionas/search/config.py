@@ -29,6 +29,8 @@ class SearchConfig:
     space: str = option("bionas", "search space: a name in search_spaces/ or a YAML path", flag="--space")
     channels: int | None = option(None, "supernet initial channels (null: the space's)", ge=2, flag="--channels")
     cells: int | None = option(None, "supernet cells (null: the space's)", ge=3, flag="--cells")
+    partial_channels: int = option(1, "K: PC-DARTS partial channels, each edge's candidates see 1/K of them "
+                                   "(1: the full DARTS supernet)", ge=1)
     rule_options: dict[str, dict] = option(help="{rule: {option: value}}", factory=dict)
     strategy_options: dict[str, dict] = option(help="{strategy: {option: value}}, e.g. {eg: {population: 8}}",
                                                factory=dict)

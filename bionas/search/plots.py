@@ -231,22 +231,24 @@ def draw_cells(genotype: Genotype, path: str | Path, engine: str = "auto") -> No
 
 
 def plot_fitness(frame, path: str | Path) -> None:
-    """Best and mean compound fitness (lower is better) per CMA-ES generation, with the current
-    architecture's cross-entropy on the same batch for reference."""
+    """Per CMA-ES generation: the accuracy and cross-entropy of the selected candidate, the
+    population mean and the current architecture on the same batch -- whether the evolution picks
+    candidates better than what it has."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, (ax_acc, ax_ce) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
     x = np.arange(len(frame))
-    ax.plot(x, frame["best"], marker=".", label="best candidate")
-    ax.plot(x, frame["mean"], marker=".", label="population mean")
-    ax.plot(x, frame["current_ce"], linestyle="--", color="gray", label="current architecture (CE)")
-    for boundary in np.flatnonzero(np.diff(frame["epoch"].to_numpy())) + 0.5:
-        ax.axvline(boundary, color="black", alpha=0.15)
+    for ax, what, label in ((ax_acc, "acc", "accuracy on the batch"), (ax_ce, "ce", "cross-entropy on the batch")):
+        ax.plot(x, frame[f"selected_{what}"], marker=".", label="selected candidate")
+        ax.plot(x, frame[f"mean_{what}"], marker=".", alpha=0.6, label="population mean")
+        ax.plot(x, frame[f"current_{what}"], linestyle="--", color="gray", label="current architecture")
+        for boundary in np.flatnonzero(np.diff(frame["epoch"].to_numpy())) + 0.5:
+            ax.axvline(boundary, color="black", alpha=0.15)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("CMA-ES generation (grey lines: epoch boundaries)")
-    ax.set_ylabel("compound fitness (lower is better)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    ax_ce.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_ce.set_xlabel("CMA-ES generation (grey lines: epoch boundaries)")
+    ax_acc.legend(fontsize=8)
     save_figure(fig, path)
     plt.close(fig)

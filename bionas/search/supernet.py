@@ -82,36 +82,57 @@ def _with_population_batchnorm(module: nn.Module) -> None:
             _with_population_batchnorm(child)
 
 
+def channel_shuffle(x: Tensor, groups: int) -> Tensor:
+    """(B, C, H, W) with the channels regrouped: channel ``g * (C / groups) + i`` moves to
+    ``i * groups + g`` (ShuffleNet; PC-DARTS section 3.1)."""
+    B, C, H, W = x.shape
+    return x.view(B, groups, C // groups, H, W).transpose(1, 2).reshape(B, C, H, W)
+
+
 class MixedEdge(nn.Module):
-    """``sum_k w_k o_k(x)`` over the candidates; ``o_k`` is candidate ``k``'s op learning by its rule."""
+    """``sum_k w_k o_k(x)`` over the candidates; ``o_k`` is candidate ``k``'s op learning by its rule.
+
+    With ``partial_channels = K > 1`` (PC-DARTS, Xu et al. 2020, section 3.1) the candidates see
+    only the first ``C / K`` channels; the other channels bypass them (max-pooled 2x2 on a
+    reduction edge), and the output is channel-shuffled so that the next edge sees other channels.
+    """
 
     def __init__(self, candidates: Sequence[Candidate], C: int, stride: int, seed: int,
-                 rule_options: dict[str, dict] | None = None):
+                 rule_options: dict[str, dict] | None = None, partial_channels: int = 1):
         super().__init__()
         rule_options = rule_options or {}
-        self.candidates = tuple(candidates)
+        self.candidates, self.partial_channels, self.stride = tuple(candidates), partial_channels, stride
+        C_op = C // partial_channels
         self.ops = nn.ModuleList()
         for k, candidate in enumerate(candidates):
-            op = candidate.build(C, stride, affine=False, seed=layer_seed(seed, k),
+            op = candidate.build(C_op, stride, affine=False, seed=layer_seed(seed, k),
                                  **rule_options.get(candidate.rule, {}))
             if candidate.op in POOLING_OPS:  # DARTS: pooling outputs are not normalised otherwise
-                op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
+                op = nn.Sequential(op, nn.BatchNorm2d(C_op, affine=False))
             self.ops.append(op)
 
     def forward(self, x: Tensor, weights: Tensor) -> Tensor:
         # x: (N, C, H, W); weights: (K,), or (P, K) for a population of P architectures, each
         # owning N/P consecutive images -> (N, C, H/stride, W/stride)
+        K = self.partial_channels
+        part = x if K == 1 else x[:, :x.shape[1] // K]
         out = 0
         for k, op in enumerate(self.ops):
-            out = out + _weighted(op(x), weights[..., k])
-        return out
+            out = out + _weighted(op(part), weights[..., k])
+        if K == 1:
+            return out
+        rest = x[:, x.shape[1] // K:]
+        if self.stride == 2:
+            rest = F.max_pool2d(rest, 2, 2, ceil_mode=True)
+        return channel_shuffle(torch.cat([out, rest], dim=1), K)
 
 
 class SearchCell(nn.Module):
     """One DARTS search cell with a :class:`MixedEdge` on each of its ``edges_per_cell`` edges."""
 
     def __init__(self, candidates: Sequence[Candidate], nodes: int, C_prev_prev: int, C_prev: int, C: int,
-                 reduction: bool, reduction_prev: bool, seed: int, rule_options: dict[str, dict] | None = None):
+                 reduction: bool, reduction_prev: bool, seed: int, rule_options: dict[str, dict] | None = None,
+                 partial_channels: int = 1):
         super().__init__()
         self.reduction, self.nodes = reduction, nodes
         if reduction_prev:
@@ -120,16 +141,21 @@ class SearchCell(nn.Module):
             self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False)
         self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
         self.edges = nn.ModuleList(
-            MixedEdge(candidates, C, 2 if reduction and source < 2 else 1, layer_seed(seed, e), rule_options)
+            MixedEdge(candidates, C, 2 if reduction and source < 2 else 1, layer_seed(seed, e), rule_options,
+                      partial_channels)
             for e, (_, source) in enumerate(edge_index(nodes))
         )
 
-    def forward(self, s0: Tensor, s1: Tensor, weights: Tensor) -> Tensor:
-        # s0, s1: outputs of the two previous cells; weights: (edges, K) or (P, edges, K)
+    def forward(self, s0: Tensor, s1: Tensor, weights: Tensor, edge_weights: Tensor | None = None) -> Tensor:
+        # s0, s1: outputs of the two previous cells; weights: (edges, K) or (P, edges, K);
+        # edge_weights (PC-DARTS' edge normalisation): (edges,) or (P, edges), or None for all ones
         states = [self.preprocess0(s0), self.preprocess1(s1)]  # each (B, C, H, W)
         offset = 0
         for _ in range(self.nodes):
-            node = sum(self.edges[offset + j](h, weights[..., offset + j, :]) for j, h in enumerate(states))
+            outputs = [self.edges[offset + j](h, weights[..., offset + j, :]) for j, h in enumerate(states)]
+            if edge_weights is not None:
+                outputs = [_weighted(o, edge_weights[..., offset + j]) for j, o in enumerate(outputs)]
+            node = sum(outputs)
             offset += len(states)
             states.append(node)
         return torch.cat(states[2:], dim=1)  # (B, nodes * C, H', W')
@@ -149,11 +175,16 @@ class Supernet(nn.Module):
         rule_options: ``{rule: {option: value}}`` passed to the rules (e.g. ``{"usf": {"scale": 1.0}}``).
         init: ``"xavier"`` (Glorot-uniform weights, as the BioNAS paper) or ``"torch"`` (PyTorch's
             default Kaiming-uniform), both drawn from the seeded generator.
+        partial_channels: ``K``; above 1, PC-DARTS (Xu et al. 2020): every mixed edge computes
+            its candidates on ``1/K`` of the channels (:class:`MixedEdge`), and each node weights
+            its incoming edges by edge-normalisation weights, a softmax over the node's edges of
+            the logits ``beta_normal``/``beta_reduce`` (more architecture parameters); the derived
+            genotype ranks edges by edge weight x candidate weight, as PC-DARTS does.
     """
 
     def __init__(self, space: SearchSpace, in_channels: int, num_classes: int, seed: int = 0,
                  shape: SupernetShape | None = None, rule_options: dict[str, dict] | None = None,
-                 init: str = "xavier"):
+                 init: str = "xavier", partial_channels: int = 1):
         super().__init__()
         if init not in INITS:
             raise ConfigError(f"unknown init {init!r}; choose from {', '.join(INITS)}")
@@ -163,8 +194,10 @@ class Supernet(nn.Module):
         if shape.nodes != space.supernet.nodes:
             raise ConfigError(f"search space {space.name!r} has {space.supernet.nodes} nodes per cell, the supernet "
                               f"shape {shape.nodes}; change supernet.nodes in the space file instead")
-        if C % 2:
-            raise ConfigError(f"supernet channels must be even (factorized reductions halve them), got {C}")
+        if C % (2 * partial_channels):
+            raise ConfigError(f"supernet channels must be a multiple of 2 x partial_channels (factorized reductions "
+                              f"halve the {partial_channels}th of the channels an edge sees), got {C}")
+        self.partial_channels = partial_channels
         C_curr = shape.stem_multiplier * C
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
         C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
@@ -175,7 +208,7 @@ class Supernet(nn.Module):
             if reduction:
                 C_curr *= 2
             self.cells.append(SearchCell(space.candidates, shape.nodes, C_prev_prev, C_prev, C_curr, reduction,
-                                         reduction_prev, layer_seed(seed, 1000 + i), rule_options))
+                                         reduction_prev, layer_seed(seed, 1000 + i), rule_options, partial_channels))
             reduction_prev = reduction
             C_prev_prev, C_prev = C_prev, shape.nodes * C_curr
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -186,12 +219,22 @@ class Supernet(nn.Module):
         self.alpha_normal = nn.Parameter(1e-3 * torch.randn(E, K, generator=gen))
         self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(E, K, generator=gen))
         initialise_weights(self, init, gen)
+        if partial_channels > 1:  # drawn after the weights, so K = 1 and K > 1 share them where they can
+            self.beta_normal = nn.Parameter(1e-3 * torch.randn(E, generator=gen))
+            self.beta_reduce = nn.Parameter(1e-3 * torch.randn(E, generator=gen))
         _with_population_batchnorm(self.cells)
         self._population_bns = [m for m in self.cells.modules() if isinstance(m, PopulationBatchNorm2d)]
 
     # --- parameters -----------------------------------------------------------------------------
     def arch_parameters(self) -> list[nn.Parameter]:
-        """The architecture logits ``[alpha_normal, alpha_reduce]``, each (edges, candidates)."""
+        """The architecture logits ``[alpha_normal, alpha_reduce]``, each (edges, candidates), and
+        with partial channels the edge logits ``[beta_normal, beta_reduce]``, each (edges,)."""
+        if self.partial_channels > 1:
+            return [self.alpha_normal, self.alpha_reduce, self.beta_normal, self.beta_reduce]
+        return [self.alpha_normal, self.alpha_reduce]
+
+    def candidate_logits(self) -> list[nn.Parameter]:
+        """``[alpha_normal, alpha_reduce]``: the logits of the candidates, each (edges, candidates)."""
         return [self.alpha_normal, self.alpha_reduce]
 
     def weight_parameters(self) -> Iterator[nn.Parameter]:
@@ -203,12 +246,25 @@ class Supernet(nn.Module):
         return ((n, p) for n, p in self.named_parameters() if id(p) not in arch)
 
     def mixing_weights(self) -> MixingWeights:
-        """Softmax over candidates of the logits: ``(normal, reduce)``, each (edges, candidates)."""
-        return F.softmax(self.alpha_normal, dim=-1), F.softmax(self.alpha_reduce, dim=-1)
+        """Softmax over candidates of the logits: ``(normal, reduce)``, each (edges, candidates);
+        with partial channels followed by the edge weights ``(edge_normal, edge_reduce)``."""
+        weights = (F.softmax(self.alpha_normal, dim=-1), F.softmax(self.alpha_reduce, dim=-1))
+        if self.partial_channels > 1:
+            weights += (self._edge_softmax(self.beta_normal), self._edge_softmax(self.beta_reduce))
+        return weights
+
+    def _edge_softmax(self, beta: Tensor) -> Tensor:
+        """Softmax of edge logits (..., edges) over each node's incoming edges (2, 3, ... of them)."""
+        sizes = [2 + j for j in range(self.shape.nodes)]
+        return torch.cat([F.softmax(b, dim=-1) for b in beta.split(sizes, dim=-1)], dim=-1)
 
     def genotype(self, weights: MixingWeights | None = None) -> Genotype:
-        """The DARTS-derived genotype of ``weights`` (default: the current mixing weights)."""
-        normal, reduce = weights if weights is not None else self.mixing_weights()
+        """The DARTS-derived genotype of ``weights`` (default: the current mixing weights); with
+        edge weights, each edge's candidate weights are scaled by its edge weight (PC-DARTS)."""
+        weights = weights if weights is not None else self.mixing_weights()
+        normal, reduce = weights[:2]
+        if len(weights) == 4:
+            normal, reduce = normal * weights[2][:, None], reduce * weights[3][:, None]
         return derive_genotype(self.space, normal.detach().double().cpu().numpy(),
                                reduce.detach().double().cpu().numpy())
 
@@ -223,7 +279,11 @@ class Supernet(nn.Module):
         architecture's images by their own statistics and leaves its running statistics alone
         (:class:`PopulationBatchNorm2d`).
         """
-        normal, reduce = weights if weights is not None else self.mixing_weights()
+        weights = weights if weights is not None else self.mixing_weights()
+        normal, reduce = weights[:2]
+        if len(weights) == 2 and self.partial_channels > 1:  # candidate weights given, edges the current
+            weights = (normal, reduce, self._edge_softmax(self.beta_normal), self._edge_softmax(self.beta_reduce))
+        edge_normal, edge_reduce = weights[2:] if len(weights) == 4 else (None, None)
         E, K = self.alpha_normal.shape
         if normal.shape[-2:] != (E, K) or reduce.shape != normal.shape or normal.dim() not in (2, 3):
             raise ValueError(f"mixing weights must be two ({E}, {K}) tensors (or (P, {E}, {K}) for a "
@@ -236,7 +296,7 @@ class Supernet(nn.Module):
             bn.population = P
         try:
             for cell in self.cells:
-                s0, s1 = s1, cell(s0, s1, reduce if cell.reduction else normal)
+                s0, s1 = s1, cell(s0, s1, *((reduce, edge_reduce) if cell.reduction else (normal, edge_normal)))
         finally:
             for bn in self._population_bns:
                 bn.population = 0
