@@ -70,6 +70,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-channels-last", action="store_true")
+    parser.add_argument("--amp", choices=["off", "bf16"], default="off", help="bf16 autocast around each step")
+    parser.add_argument("--epoch-images", type=int, default=25_000,
+                        help="weight-half images per search epoch, for the implied cost of --epochs (CIFAR-10: 25,000)")
+    parser.add_argument("--epochs", type=int, default=50, help="search epochs for the implied cost (paper: 50)")
     parser.add_argument("--data-dir", default=os.environ.get("BIONAS_DATA"), help="CIFAR-10 (default: $BIONAS_DATA)")
     parser.add_argument("--out", default=str(REPO / "results" / "bench_search.csv"))
     args = parser.parse_args()
@@ -79,6 +83,11 @@ def main() -> None:
     fmt = torch.channels_last if not args.no_channels_last else torch.contiguous_format
     batches = iter(BatchLoader(data, args.batch, seed=0, device=device, drop_last=True, memory_format=fmt))
     train, val = next(batches), next(batches)
+
+    from contextlib import nullcontext
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16) if args.amp == "bf16" else nullcontext()
 
     runs = {}
     for name in args.configs:
@@ -90,7 +99,8 @@ def main() -> None:
         model = Supernet(space, 3, 10, seed=0, shape=shape, partial_channels=k).to(device, memory_format=fmt)
         options = {"order": order, **({"hessian": hessian[0]} if hessian else {})}
         strategy = DartsStrategy(model, SearchConfig(epochs=1, strategy_options={"darts": options}))
-        strategy.step(train, val, 0)  # warm-up: allocator, oneDNN/cuDNN kernel choice
+        with autocast():
+            strategy.step(train, val, 0)  # warm-up: allocator, oneDNN/cuDNN kernel choice
         runs[name] = dict(space=space, model=model, strategy=strategy, times=[])
         print(f"built {name}: {len(space)} candidates per edge, "
               f"{sum(p.numel() for p in model.weight_parameters()) / 1e6:.2f} M weights", flush=True)
@@ -102,7 +112,8 @@ def main() -> None:
                 torch.cuda.reset_peak_memory_stats()
                 before = torch.cuda.memory_allocated()
             start = time.perf_counter()
-            run["strategy"].step(train, val, r + 1)
+            with autocast():
+                run["strategy"].step(train, val, r + 1)
             if device.type == "cuda":
                 torch.cuda.synchronize()
                 run["memory"] = torch.cuda.max_memory_allocated() - before
@@ -128,13 +139,16 @@ def main() -> None:
     table["weighted_ratio"] = table["weighted_candidates"] / b["weighted_candidates"]
     table["time_ratio"] = table["step_s"] / b["step_s"]
     table["memory_ratio"] = table["memory_MB"] / b["memory_MB"]
+    steps = -(-args.epoch_images // args.batch)
+    table["epoch_s"] = table["step_s"] * steps  # implied: steps of one epoch at this batch
+    table["implied_gpu_days"] = table["epoch_s"] * args.epochs / 86_400  # of --epochs epochs on this device
     for key, value in {"device": str(device), "channels": args.channels, "cells": args.cells, "batch": args.batch,
-                       "rounds": args.rounds, "channels_last": not args.no_channels_last,
+                       "rounds": args.rounds, "amp": args.amp, "channels_last": not args.no_channels_last,
                        "threads": torch.get_num_threads()}.items():
         table[key] = value
     save_csv(table, args.out)
     cols = ["config", "candidates", "weighted_candidates", "weights_M", "step_s", "time_ratio", "candidates_ratio",
-            "weighted_ratio", "memory_MB", "memory_ratio"]
+            "weighted_ratio", "memory_MB", "memory_ratio", "epoch_s", "implied_gpu_days"]
     print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"wrote {args.out}")
 

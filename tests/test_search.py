@@ -240,3 +240,17 @@ def test_every_registered_strategy_searches_resumes_and_derives_a_valid_genotype
     straight.genotype.validate(load_space(tiny.space))
     first, last = straight.genotype.weights, load_genotype(straight.out / "genotype.json").weights
     assert first == last and len(straight.history) == 2
+
+
+def test_mixing_entropy_is_one_at_the_uniform_start_and_falls_as_edges_settle():
+    from bionas.search.run import mixing_entropy
+    from bionas.search.supernet import Supernet
+    from bionas.space import SupernetShape, space_from_dict
+
+    net = Supernet(space_from_dict(yaml.safe_load(SPACE)), 3, 10, seed=0, shape=SupernetShape(channels=4, cells=3,
+                                                                                               nodes=2))
+    assert mixing_entropy(net) == pytest.approx(1.0, abs=1e-5)  # logits 1e-3 N(0, 1): nearly uniform
+    with torch.no_grad():
+        net.alpha_normal.zero_()
+        net.alpha_normal[:, 0] = 50.0  # every normal edge settled on one candidate
+    assert mixing_entropy(net) == pytest.approx(0.5, abs=1e-5)  # the reduction edges still uniform

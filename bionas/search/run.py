@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,11 +210,20 @@ def _run_epoch(search: _Search) -> None:
     row = {"epoch": epoch, "lr": lr, "train_loss": means.get("loss"), "train_acc": means.get("acc"),
            **{k: v for k, v in means.items() if k not in ("loss", "acc")},
            "val_loss": val_loss, "val_acc": val_acc, "seconds": time.perf_counter() - start,
-           "genotype": genotype.to_darts_literal()}
+           "mixing_entropy": mixing_entropy(search.model), "genotype": genotype.to_darts_literal()}
     search.history.append(row)
     log.info("epoch %d/%d: train loss %.3f acc %.3f, val loss %.3f acc %.3f, lr %.4f, %.1f s", epoch,
              config.epochs, row["train_loss"], row["train_acc"], val_loss, val_acc, lr, row["seconds"])
     log.info("epoch %d genotype: %s", epoch, row["genotype"])
+
+
+@torch.no_grad()
+def mixing_entropy(model: Supernet) -> float:
+    """Mean over the edges of both cells of the entropy of the candidate mixture, divided by
+    ``log(candidates)``: 1 for the uniform start, 0 when every edge has settled on one candidate."""
+    weights = torch.cat(model.mixing_weights()[:2]).double()  # (2 E, K)
+    entropy = -(weights * weights.clamp_min(1e-300).log()).sum(-1) / math.log(weights.shape[-1])
+    return float(entropy.mean())
 
 
 def _eval_loader(search: _Search):
