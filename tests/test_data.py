@@ -161,3 +161,17 @@ def test_loader_memory_format_changes_the_layout_not_the_values(cifar10_small):
     assert cl[0].is_contiguous(memory_format=torch.channels_last) and not plain[0].is_contiguous(
         memory_format=torch.channels_last)
     assert torch.equal(plain[0], cl[0]) and torch.equal(plain[1], cl[1])
+
+
+def test_a_test_split_whose_class_folders_differ_from_training_is_refused(cifar10_root, tmp_path):
+    """Labels are folder indices: test/airplane renamed test/zebra would shift every test label."""
+    classes = sorted(d.name for d in (cifar10_root / "train").iterdir() if d.is_dir())
+    for split in ("train", "test"):
+        for c in classes:
+            target = tmp_path / split / ("zebra" if (split, c) == ("test", "airplane") else c)
+            target.mkdir(parents=True)
+            for image in sorted((cifar10_root / split / c).iterdir())[:2]:  # real images, linked
+                (target / image.name).symlink_to(image)
+    assert len(load_dataset("cifar10", tmp_path, "train")) == 20  # the training split alone is fine
+    with pytest.raises(DataError, match=r"only in train: airplane; only in test: zebra\); name the test split"):
+        load_dataset("cifar10", tmp_path, "test")

@@ -7,9 +7,12 @@ order and augmentation exactly resumable.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from bionas.errors import DataError
 
 
 @dataclass
@@ -48,6 +51,18 @@ class ImageArrays:
 
     def subset(self, indices: Tensor) -> "ImageArrays":
         return ImageArrays(self.name, self.images[indices], self.labels[indices], self.classes, self.mean, self.std)
+
+
+def check_same_classes(train_dir: Path, test_dir: Path) -> None:
+    """Refuse a test split whose class folders are not the training split's, by name: labels are
+    folder indices in sorted order, so one renamed folder would shift every label silently."""
+    train = sorted(d.name for d in Path(train_dir).iterdir() if d.is_dir())
+    test = sorted(d.name for d in Path(test_dir).iterdir() if d.is_dir())
+    if train != test:
+        only_train, only_test = sorted(set(train) - set(test)), sorted(set(test) - set(train))
+        raise DataError(f"the class folders of {test_dir} are not those of {train_dir} (only in train: "
+                        f"{', '.join(only_train) or '-'}; only in test: {', '.join(only_test) or '-'}); "
+                        f"name the test split's class folders as the training split's")
 
 
 def balanced_subset(labels: Tensor, n: int, seed: int) -> Tensor:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bionas.data.arrays import ImageArrays, balanced_subset
+from bionas.data.arrays import ImageArrays, balanced_subset, check_same_classes
 from bionas.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
@@ -116,6 +116,8 @@ def load_cifar(name: str, root: str | Path, split: str, per_class: int | None = 
             images_t, labels_t = images_t[keep], labels_t[keep]
     else:
         classes, files = _folder_files(where / split)
+        if split == "test":
+            check_same_classes(where / "train", where / "test")
         if len(classes) != SPECS[name][4]:
             raise DataError(f"{where / split} has {len(classes)} class folders, {name} has {SPECS[name][4]}")
         paths = [p for class_files in files for p in class_files]

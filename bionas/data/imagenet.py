@@ -20,7 +20,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from bionas.data.arrays import balanced_subset
+from bionas.data.arrays import balanced_subset, check_same_classes
 from bionas.errors import DataError
 
 MEAN = (0.485, 0.456, 0.406)
@@ -37,6 +37,8 @@ def image_folder(root: str | Path, split: str):
     if not folder.is_dir():
         raise DataError(f"no ImageNet {split} split at {folder}: expected {root}/train/<class>/ and "
                         f"{root}/val/<class>/ image folders; pass --data-dir or set BIONAS_DATA")
+    if split == "test" and (root / SPLIT_FOLDERS["train"]).is_dir():
+        check_same_classes(root / SPLIT_FOLDERS["train"], folder)
     try:
         return ImageFolder(str(folder))
     except (FileNotFoundError, RuntimeError) as err:
