@@ -53,3 +53,22 @@ def save_torch(obj: Any, path: str | Path) -> None:
 def save_figure(fig, path: str | Path, dpi: int = 120) -> None:
     with atomic_open(path, "wb") as fh:
         fig.savefig(fh, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
+
+
+def check_output_dir(out: str | Path) -> Path:
+    """``out``, checked before any work to be a directory this process can write or create, so
+    that a run never loads data or trains for hours to fail at its first write; nothing is
+    created here. A one-line error names the problem (a file in the way, no permission)."""
+    from bionas.errors import ConfigError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a directory; choose another --out")
+    existing = out
+    while not existing.exists():  # the nearest folder that exists must let us create the rest
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"--out {out} cannot be created: {existing} is a file; choose another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out} cannot be written: no permission in {existing}; choose another --out")
+    return out

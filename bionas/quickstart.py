@@ -22,7 +22,7 @@ from bionas.data import TRAIN_AUGMENTATION, BatchLoader, load_dataset, resolve_d
 from bionas.engine import evaluate, train_step
 from bionas.configs.options import check, option
 from bionas.errors import ConfigError
-from bionas.io import save_csv, save_figure, save_json
+from bionas.io import check_output_dir, save_csv, save_figure, save_json
 from bionas.models import tiny_net
 
 log = logging.getLogger(__name__)
@@ -91,10 +91,10 @@ class QuickstartResult:
 def run_quickstart(config: QuickstartConfig) -> QuickstartResult:
     """Train one TinyNet per entry of ``config.rules``; returns the results table."""
     config = check(config)
+    out = check_output_dir(config.out)
     name = resolve_dataset_name(config.dataset, config.data_dir)
     train = load_dataset(name, config.data_dir, "train", config.train_per_class, config.seed)
     test = load_dataset(name, config.data_dir, "test", config.test_per_class, config.seed)
-    out = Path(config.out)
     log.info("quickstart on %s: %d training and %d test images, %d steps per network",
              name, len(train), len(test), config.steps)
 

@@ -71,3 +71,18 @@ def test_checkpoints_round_trip_and_bad_files_are_one_line_errors(tmp_path):
     torch.save([1, 2], path)
     with pytest.raises(ConfigError, match="is not a bionas search checkpoint$"):
         load_checkpoint(path, "search")
+
+
+def test_an_unusable_output_folder_is_refused_before_any_work(tmp_path, capsys):
+    from bionas.cli import main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for out, message in ((blocker, "is a file, not a directory"), (blocker / "sub", f"{blocker} is a file")):
+        for argv in (["search", "--preset", "smoke", "--dataset", "digits"],
+                     ["train", "--genotype", "darts_v2", "--preset", "smoke", "--dataset", "digits"],
+                     ["attack", "--checkpoint", str(tmp_path)], ["hebbian", "--dataset", "digits"],
+                     ["quickstart", "--dataset", "digits"]):
+            assert main(argv + ["--out", str(out)]) == 2
+            err = capsys.readouterr().err.strip()
+            assert err.startswith("bionas: error: --out") and message in err and "\n" not in err, (argv, err)

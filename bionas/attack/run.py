@@ -41,7 +41,7 @@ from bionas.attack.suite import Variant, variants
 from bionas.data import STREAMED_DATASETS, balanced_subset, load_dataset
 from bionas.configs.options import check
 from bionas.errors import ConfigError
-from bionas.io import atomic_open, save_csv, save_json
+from bionas.io import atomic_open, check_output_dir, save_csv, save_json
 from bionas.rules.base import FeedbackRule
 from bionas.rules.convert import rule_layers
 from bionas.engine import resolve_device
@@ -153,7 +153,7 @@ def run_attack(config: AttackConfig) -> AttackResult:
     from tqdm import tqdm
 
     config = check(config)
-    out = Path(config.out)
+    out = check_output_dir(config.out)
     if (out / "results.csv").exists():
         raise ConfigError(f"{out} already holds attack results; choose another --out")
     device = resolve_device(config.device)

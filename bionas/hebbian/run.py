@@ -47,7 +47,7 @@ from bionas.errors import ConfigError
 from bionas.hebbian.config import HebbianConfig
 from bionas.hebbian.network import HebbianCNN
 from bionas.hebbian.whitening import ZCA
-from bionas.io import atomic_open, save_csv, save_figure, save_json
+from bionas.io import atomic_open, check_output_dir, save_csv, save_figure, save_json
 from bionas.engine import resolve_device
 
 log = logging.getLogger(__name__)
@@ -264,7 +264,7 @@ def unfinished(out: str | Path) -> bool:
 def run_hebbian(config: HebbianConfig, resume: bool = False) -> HebbianResult:
     """Run one preset end to end (see the module docstring); returns its results."""
     config = check(config).with_epochs_applied()
-    out = Path(config.out)
+    out = check_output_dir(config.out)
     saved = out / "checkpoint.pt"  # phase "hebbian": the learned layers; phase "backprop": the epochs so far
     previous = None  # the results of a finished backprop run that --resume takes to more epochs
     if (out / "results.json").exists():

@@ -32,7 +32,7 @@ import bionas
 from bionas.data import TRAIN_AUGMENTATION, BatchLoader, BatchStream, load_dataset, resolve_dataset_name, search_split
 from bionas.engine import checkpoint_to_resume, resolve_device, restore_random_state, save_checkpoint
 from bionas.errors import ConfigError
-from bionas.io import atomic_open, save_csv, save_json
+from bionas.io import atomic_open, check_output_dir, save_csv, save_json
 from bionas.configs.options import check, check_resume
 from bionas.search.config import SearchConfig, apply_options
 from bionas.genotype import Genotype
@@ -141,7 +141,7 @@ def run_search(config: SearchConfig, resume: bool = False, overrides: dict | Non
     to interrupt a run).
     """
     config = check(config)
-    out = Path(config.out)
+    out = check_output_dir(config.out)
     state = checkpoint_to_resume(out, resume, CHECKPOINT_KIND, "search", "genotype.json")
     if state is not None:
         config = dataclasses.replace(resumed_config(state, overrides), out=config.out, progress=config.progress)

@@ -42,7 +42,7 @@ from bionas.data import (STREAMED_DATASETS, TRAIN_AUGMENTATION, BatchLoader, loa
                          resolve_dataset_name)
 from bionas.engine import checkpoint_to_resume, restore_random_state, save_checkpoint, train_step
 from bionas.errors import ConfigError
-from bionas.io import atomic_open, save_csv, save_figure, save_json
+from bionas.io import atomic_open, check_output_dir, save_csv, save_figure, save_json
 from bionas.genotype import Genotype
 from bionas.engine import resolve_device
 from bionas.train import distributed
@@ -251,7 +251,7 @@ def run_train(config: TrainConfig, resume: bool = False, overrides: dict | None 
     if not resume:
         config = check(config)
     context = distributed.from_environment()
-    out = Path(config.out)
+    out = check_output_dir(config.out) if context.main else Path(config.out)
     state = checkpoint_to_resume(out, resume, CHECKPOINT_KIND, "training run", "results.json")
     if state is not None:
         config = dataclasses.replace(resumed_config(state, overrides), out=config.out, progress=config.progress,
