@@ -59,11 +59,13 @@ def main() -> None:
     if args.model == "darts":
         base["genotype"] = args.genotype
     if args.preset == "cifar":
-        config = resolve_config(None, None, {**base, "recipe": "cifar"})
+        config = resolve_config(None, None, {**base, "base_preset": "cifar"})
     else:
         config = resolve_config(None, None, {**base, "channels": args.channels, "layers": args.layers,
                                               "batch_size": args.batch_size})
-    root = resolve_data_dir(args.data_dir) or REPO.parent / "shared" / "data" / "cifar10"
+    root = resolve_data_dir(args.data_dir)
+    if root is None:
+        raise SystemExit("CIFAR-10 is needed: pass --data-dir DIR or set BIONAS_DATA")
     data = load_dataset("cifar10", root, "train", per_class=max(20, config.batch_size // 10 * 4), seed=0)
     shape = DataShape("cifar10", 3, 32, 10, tuple(data.mean), tuple(data.std))
     augment = dataclasses.replace(TRAIN_AUGMENTATION["cifar10"], cutout=config.cutout)

@@ -2,7 +2,7 @@
 
 Every run is ``bionas train`` (through the library) with ``--preset short`` by default: the
 same 5,000 training images (500 per class), the same 10 epochs and batch of 64, evaluated on
-the whole 10,000-image test split; each model keeps its own recipe's optimiser (cell networks:
+the whole 10,000-image test split; each model keeps its own paper preset's optimiser (cell networks:
 lr 0.025 cosine, auxiliary head, cutout, drop path; ResNets: lr 0.1 step schedule, whose
 milestones a 10-epoch run never reaches). Cell networks are built at the preset's 16 channels
 and 8 cells. The default list is the table in results/README.md: the DARTS V2 genotype, a
