@@ -132,7 +132,9 @@ def test_config_resolution_order_and_errors(tmp_path):
     assert config.epochs == 9 and config.lr == 1.0 and isinstance(config.lr, float) and config.cells == 3
     with pytest.raises(ConfigError, match="unknown search option 'learning_rate' in the command line"):
         resolve_config(overrides={"learning_rate": 0.1})
-    with pytest.raises(BionasError, match="unknown search preset 'fast'; choose from smoke, paper"):
+    from bionas import configs
+
+    with pytest.raises(BionasError, match=f"unknown search preset 'fast'; choose from {', '.join(configs.presets('search'))}$"):
         resolve_config("fast")
     file.write_text("epochs: [1\n")
     with pytest.raises(ConfigError, match="is not valid YAML"):
