@@ -106,6 +106,11 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
     return value, out
 
 
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """The share of rows of ``logits`` (B, classes) whose argmax is the label ``y`` (B,)."""
+    return float((logits.detach().argmax(1) == y).float().mean())
+
+
 @torch.no_grad()
 def local_step(model: nn.Module, x: torch.Tensor, forward: Callable[[torch.Tensor], Any] | None = None) -> Any:
     """One forward pass in training mode, without gradients, in which the local rules (``hebbian``,

@@ -19,7 +19,7 @@ import torch
 import bionas
 from bionas import rules
 from bionas.data import TRAIN_AUGMENTATION, BatchLoader, load_dataset, resolve_dataset_name
-from bionas.engine import evaluate, train_step
+from bionas.engine import accuracy, evaluate, train_step
 from bionas.configs.options import check, option
 from bionas.errors import ConfigError
 from bionas.io import check_output_dir, save_csv, save_figure, save_json
@@ -146,7 +146,7 @@ def _train(model, optimizer, loader: BatchLoader, config: QuickstartConfig, labe
     while len(losses) < config.steps:
         for x, y in loader:
             loss, logits = train_step(model, optimizer, x, y, step=len(losses))
-            acc = float((logits.detach().argmax(1) == y).float().mean())
+            acc = accuracy(logits, y)
             losses.append(loss)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.2f}")

@@ -21,6 +21,7 @@ naming where they came from.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import types
@@ -187,7 +188,7 @@ def apply_options(config: C, options: dict, source: str, command: str) -> C:
         target = flat.get(head, getattr(config, head))
         if not isinstance(target, dict):
             raise ConfigError(f"{key} in {source}: {head} is not a mapping, so it has no entry {rest!r}")
-        target = _deep_copy_dict(target)
+        target = copy.deepcopy(target)
         node = target
         *parents, leaf = rest.split(".")
         for part in parents:
@@ -197,10 +198,6 @@ def apply_options(config: C, options: dict, source: str, command: str) -> C:
         node[leaf] = value
         flat[head] = target
     return dataclasses.replace(config, **flat)  # type: ignore[type-var]
-
-
-def _deep_copy_dict(d: dict) -> dict:
-    return {k: _deep_copy_dict(v) if isinstance(v, dict) else v for k, v in d.items()}
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:

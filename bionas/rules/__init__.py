@@ -38,7 +38,6 @@ from bionas.rules.convert import (
     build_rule,
     convert,
     exact_gradients,
-    has_local_rules,
     local_updates,
     rule_layers,
     rules_in,
@@ -48,5 +47,5 @@ from bionas.rules.layers import RuleConv2d, RuleLayer, RuleLinear
 __all__ = [
     "RULES", "LearningRule", "FeedbackRule", "LocalRule", "RuleLayer", "RuleConv2d", "RuleLinear",
     "convert", "build_rule", "exact_gradients", "local_updates", "alignment_angles", "rule_layers",
-    "rules_in", "has_local_rules", "layer_seed", "xavier_std",
+    "rules_in", "layer_seed", "xavier_std",
 ]

@@ -105,11 +105,6 @@ def rule_layers(model: nn.Module) -> Iterator[tuple[str, RuleLayer]]:
             yield name, m
 
 
-def has_local_rules(model: nn.Module) -> bool:
-    """Whether any rule-aware layer of ``model`` learns by a local rule (hebbian, pc)."""
-    return any(layer.rule.kind == "local" for _, layer in rule_layers(model))
-
-
 def rules_in(model: nn.Module) -> dict[str, str]:
     """``{layer name: rule name}`` of every rule-aware layer."""
     return {name: layer.rule.name for name, layer in rule_layers(model)}

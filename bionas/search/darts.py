@@ -45,8 +45,8 @@ from torch.func import functional_call
 
 from bionas import rules
 from bionas.configs.options import option
-from bionas.engine import check_finite
-from bionas.search.strategy import (DIVERGED_FIX, STRATEGIES, Batch, SearchStrategy, accuracy, no_feedback_redraws,
+from bionas.engine import accuracy, check_finite
+from bionas.search.strategy import (DIVERGED_FIX, STRATEGIES, Batch, SearchStrategy, no_feedback_redraws,
                                     preserved_batchnorm_statistics)
 
 

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from bionas import rules
 from bionas.configs.options import apply_options, check
-from bionas.engine import train_step
+from bionas.engine import accuracy, train_step
 from bionas.registry import Registry
 from bionas.genotype import Genotype
 
@@ -68,10 +68,6 @@ def no_feedback_redraws(model: torch.nn.Module) -> Iterator[None]:
     finally:
         for r, mode in zip(layer_rules, modes):
             r.train(mode)
-
-
-def accuracy(logits: Tensor, y: Tensor) -> float:
-    return float((logits.argmax(1) == y).float().mean())
 
 
 @dataclasses.dataclass
