@@ -35,7 +35,8 @@ def _needed(config_type) -> dict:
 
 @pytest.mark.parametrize("field,value,message", [
     ("lr", "abc", "lr must be a number, got 'abc'"),
-    ("lr", "nan", "lr must be a number, got 'nan'"),  # YAML reads nan as a string
+    ("lr", "nan", "lr must be a finite number"),  # YAML reads nan as a string
+    ("lr", "-inf", "lr must be a finite number"),
     ("lr", float("nan"), "lr must be a finite number"),
     ("lr", float("inf"), "lr must be a finite number"),
     ("lr", 0, "lr must be greater than 0"),
@@ -57,6 +58,8 @@ def test_wrong_values_are_one_line_errors_naming_the_field(field, value, message
 def test_values_are_coerced_where_lossless():
     c = options.check(dataclasses.replace(SearchConfig(), lr=1, epochs=3.0))
     assert c.lr == 1.0 and isinstance(c.lr, float) and c.epochs == 3 and isinstance(c.epochs, int)
+    # YAML 1.1 reads exponents without a dot as strings: --set lr=2e-2 is still a number
+    assert options.resolve(SearchConfig, "search", None, None, {"lr": options.parse_assignment("lr=2e-2")[1]}).lr == 0.02
     darts = STRATEGIES.get("darts").options_from({"arch_betas": [0, 0.5]})
     assert darts.arch_betas == (0.0, 0.5) and all(isinstance(b, float) for b in darts.arch_betas)
     with pytest.raises(ConfigError, match="arch_betas must be a list, got 5"):

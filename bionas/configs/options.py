@@ -89,6 +89,11 @@ def _coerce(name: str, tp: Any, value: Any, meta: dict) -> Any:
             raise ConfigError(f"{name} must be an integer, got {value!r}")
         return value
     if origin is float:
+        if isinstance(value, str):  # YAML 1.1 reads ``2e-2`` (no dot) and ``nan`` as strings
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{name} must be a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{name} must be a number, got {value!r}")
         value = float(value)
