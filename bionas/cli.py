@@ -13,6 +13,7 @@ import dataclasses
 import importlib
 import inspect
 import logging
+import os
 import sys
 import typing
 
@@ -132,7 +133,10 @@ def _list_ops(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    level = logging.DEBUG if args.verbose else logging.INFO
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for all
+        level = max(level, logging.WARNING)
+    logging.basicConfig(level=level,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return args.handler(args)

@@ -78,7 +78,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
                forward: Callable[[torch.Tensor], Any] | None = None,
                loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None, grad_clip: float = 0.0,
                parameters=None, autocast: Callable = nullcontext, local: bool = True, what: str = "training",
-               fix: str = "lower the learning rate (--lr)") -> tuple[float, Any]:
+               fix: str = "lower the learning rate (--lr)",
+               sync_gradients: Callable[[list[torch.Tensor]], None] | None = None) -> tuple[float, Any]:
     """One optimiser step on a batch; returns (loss, the model's output).
 
     ``forward(x)`` (default ``model(x)``; the supernet's weight step passes its fixed mixing
@@ -88,6 +89,9 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
     norm ``grad_clip`` (0: no clipping; the norm is still computed, to catch divergence). A
     non-finite loss or gradient norm raises :class:`TrainingDiverged` naming ``step`` and
     ``fix`` before the optimiser moves, so the last checkpoint stays the last good state.
+    ``sync_gradients(parameters)``, when given, runs between the backward and the clipping and
+    may replace the parameters' ``.grad`` (the data-parallel search averages them over the ranks
+    there; training lets DDP do it during the backward).
     """
     model.train()
     with autocast(), rules.local_updates(model, local):
@@ -97,6 +101,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
     loss.backward()
     if parameters is None:
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    if sync_gradients is not None:
+        sync_gradients(parameters)
     # under DDP the all-reduced gradient norm is the same on every rank, so all ranks stop together
     norm = float(nn.utils.clip_grad_norm_(parameters, grad_clip or math.inf))
     value = float(loss.detach())

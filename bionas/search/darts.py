@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
-from bionas import rules
+from bionas import distributed, rules
 from bionas.configs.options import option
 from bionas.engine import accuracy, check_finite
 from bionas.search.strategy import (DIVERGED_FIX, STRATEGIES, Batch, SearchStrategy, no_feedback_redraws,
@@ -72,8 +72,8 @@ class DartsStrategy(SearchStrategy):
 
     Options = DartsOptions
 
-    def __init__(self, model, config):
-        super().__init__(model, config)
+    def __init__(self, model, config, context: distributed.Context = distributed.Context()):
+        super().__init__(model, config, context)
         o = self.options
         self.arch_optimizer = torch.optim.Adam(model.arch_parameters(), lr=o.arch_lr, betas=tuple(o.arch_betas),
                                                weight_decay=o.arch_weight_decay)
@@ -94,6 +94,8 @@ class DartsStrategy(SearchStrategy):
                 logits = model(val_batch[0])  # (B, classes)
                 loss = F.cross_entropy(logits, val_batch[1])
                 grads = torch.autograd.grad(loss, model.arch_parameters())
+        # under torchrun: the mean over the ranks, the loss with them so that all ranks stop together
+        *grads, loss = self.average_gradients([*grads, loss.detach()])
         value = check_finite(loss, step, "search architecture", DIVERGED_FIX)
         self.arch_optimizer.zero_grad(set_to_none=True)
         for alpha, grad in zip(model.arch_parameters(), grads):
@@ -111,15 +113,17 @@ class DartsStrategy(SearchStrategy):
 
         # w' = the step the weight optimiser would take from w on this training batch; the exact
         # Hessian-vector term later differentiates these gradients, so their graph is kept
+        # (under torchrun every gradient below is averaged over the ranks; the double backward
+        # differentiates this rank's share, and the mean of the shares is the whole batch's)
         exact = self.options.hessian == "exact"
         grads_train = torch.autograd.grad(F.cross_entropy(model(xt), yt), params, allow_unused=True,
                                           create_graph=exact)
+        step_grads = self.average_gradients([None if g is None else g.detach() for g in grads_train])
         with torch.no_grad():
-            unrolled = [self.virtual_step(p, None if g is None else g.detach()).requires_grad_()
-                        for p, g in zip(params, grads_train)]
+            unrolled = [self.virtual_step(p, g).requires_grad_() for p, g in zip(params, step_grads)]
         logits = functional_call(model, dict(zip(names, unrolled)), (xv,))  # (B, classes)
         loss = F.cross_entropy(logits, yv)
-        grads = torch.autograd.grad(loss, [*alphas, *unrolled], allow_unused=True)
+        grads = self.average_gradients(torch.autograd.grad(loss, [*alphas, *unrolled], allow_unused=True))
         d_alpha = list(grads[:len(alphas)])
         v = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads[len(alphas):])]
 
@@ -127,6 +131,7 @@ class DartsStrategy(SearchStrategy):
         if exact:
             dot = sum((g * vi).sum() for g, vi in zip(grads_train, v) if g is not None and g.requires_grad)
             hv = torch.autograd.grad(dot, alphas, allow_unused=True) if torch.is_tensor(dot) else [None] * len(alphas)
+            hv = self.average_gradients(hv)
             return ([da - xi * h if h is not None else da for da, h in zip(d_alpha, hv)],
                     loss.detach(), logits.detach())
         norm = torch.sqrt(sum(vi.pow(2).sum() for vi in v))
@@ -136,6 +141,7 @@ class DartsStrategy(SearchStrategy):
         plus = self._train_arch_gradient(names, params, v, eps, train_batch)
         with no_feedback_redraws(model):  # the same random feedback on both sides of the difference
             minus = self._train_arch_gradient(names, params, v, -eps, train_batch)
+        plus, minus = self.average_gradients(plus), self.average_gradients(minus)
         return ([da - xi * (gp - gm) / (2 * eps) for da, gp, gm in zip(d_alpha, plus, minus)],
                 loss.detach(), logits.detach())
 

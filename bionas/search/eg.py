@@ -57,6 +57,9 @@ defect of the release or a choice the paper leaves open, reconstructed here):
 
 Scoring uses no gradients and leaves nothing behind: running statistics, random feedback draws
 and local-rule weights are untouched.
+Under ``torchrun`` every rank scores the whole population on its share of the batch (batch
+statistics over the global batch) and the ranks add their sums, so every rank ranks the same
+fitness values and runs the same CMA-ES to the same logits.
 """
 from __future__ import annotations
 
@@ -69,6 +72,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bionas import distributed
 from bionas.configs.options import option
 from bionas.rules.base import layer_seed
 from bionas.search.strategy import (STRATEGIES, Batch, SearchStrategy, no_feedback_redraws,
@@ -149,8 +153,8 @@ class EvolutionaryStrategy(SearchStrategy):
 
     Options = EGOptions
 
-    def __init__(self, model, config):
-        super().__init__(model, config)
+    def __init__(self, model, config, context: distributed.Context = distributed.Context()):
+        super().__init__(model, config, context)
         self.momentum_buffer = torch.zeros(2, *model.alpha_normal.shape)
         self.fitness_log: list[dict] = []  # one row per CMA-ES generation
         self._evolved_epoch = -1
@@ -237,10 +241,18 @@ class EvolutionaryStrategy(SearchStrategy):
                 out = model(x, (chunk[:, 0], chunk[:, 1]))  # (p, B, classes), per-candidate batch statistics
                 target = y.expand(len(chunk), -1)
                 ces.append(F.cross_entropy(out.flatten(0, 1), target.flatten(), reduction="none")
-                           .view(len(chunk), -1).mean(1))
-                accs.append((out.argmax(-1) == target).float().mean(1))
+                           .view(len(chunk), -1).sum(1))
+                accs.append((out.argmax(-1) == target).float().sum(1))
         model.train(was_training)
-        return torch.cat(ces).cpu().double(), torch.cat(accs).cpu().double()
+        # sums over this rank's share of the batch -> over the ranks (under torchrun) -> means
+        sums = torch.stack([torch.cat(ces), torch.cat(accs)]).cpu().double()  # (2, P)
+        count = torch.tensor(float(len(y)), dtype=torch.float64)
+        if self.context.distributed:
+            sums, count = torch.tensor(distributed.all_reduce_sum([*sums.flatten().tolist(), float(count)],
+                                                                  x.device, self.context),
+                                       dtype=torch.float64).split([sums.numel(), 1])
+            sums = sums.view(2, -1)
+        return sums[0] / count, sums[1] / count
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "momentum_buffer": self.momentum_buffer.clone(),

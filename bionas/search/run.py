@@ -13,6 +13,13 @@ Outputs in ``config.out`` (every file written atomically):
 * at the end: ``genotype.json`` (the result, with final mixing weights), ``genotype.txt`` (DARTS
   literal), ``mixing_weights.png`` and ``cells.png``;
 * whatever the strategy adds (``eg``: ``fitness.csv`` and ``fitness.png`` per CMA-ES generation).
+
+Data-parallel under ``torchrun --nproc_per_node N -m bionas search ...``: ``batch_size`` is the
+global batch; each rank draws its share of every weight and architecture batch (the loaders'
+``shard``), every gradient a strategy takes is averaged over the ranks and batch norm runs over
+the global batch (:mod:`bionas.distributed`), so N processes compute what one process computes
+on the same global batches; after every epoch the ranks check that their weights and logits
+agree. Only rank 0 writes files.
 """
 from __future__ import annotations
 
@@ -29,6 +36,7 @@ import torch
 import yaml
 
 import bionas
+from bionas import distributed
 from bionas.data import TRAIN_AUGMENTATION, BatchLoader, BatchStream, load_dataset, resolve_dataset_name, search_split
 from bionas.engine import checkpoint_to_resume, resolve_device, restore_random_state, save_checkpoint
 from bionas.errors import ConfigError
@@ -50,9 +58,12 @@ class SearchResult:
     genotype: Genotype
     history: pd.DataFrame  # one row per epoch
     out: Path
+    main: bool = True  # False on the ranks of a data-parallel run other than 0
 
     def summary(self) -> str:
-        """What the command line prints at the end."""
+        """What the command line prints at the end (rank 0 only under torchrun)."""
+        if not self.main:
+            return ""
         lines = []
         if len(self.history):
             last = self.history.iloc[-1]
@@ -64,9 +75,9 @@ class SearchResult:
 class _Search:
     """Everything one search holds, built from a config (and a checkpoint when resuming)."""
 
-    def __init__(self, config: SearchConfig):
-        self.config = config
-        self.device = resolve_device(config.device)
+    def __init__(self, config: SearchConfig, context: distributed.Context = distributed.Context()):
+        self.config, self.context = config, context
+        self.device = device_for(config, context)
         self.space = load_space(config.space)
         shape = self.space.supernet
         overrides = {k: getattr(config, k) for k in ("channels", "cells") if getattr(config, k) is not None}
@@ -83,11 +94,11 @@ class _Search:
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.train_stream = BatchStream(BatchLoader(self.train_data, config.batch_size, augment=augment,
                                                     seed=config.seed + 1, device=self.device,
-                                                    memory_format=self.memory_format))
+                                                    memory_format=self.memory_format, shard=context.shard))
         # the architecture's batches come from a persistent iterator over the other half (DARTS)
         self.val_stream = BatchStream(BatchLoader(self.val_data, config.batch_size, augment=augment,
                                                   seed=config.seed + 2, device=self.device,
-                                                  memory_format=self.memory_format))
+                                                  memory_format=self.memory_format, shard=context.shard))
         self.steps_per_epoch = self.train_stream.batches_per_pass
         if config.steps_per_epoch is not None:
             self.steps_per_epoch = min(self.steps_per_epoch, config.steps_per_epoch)
@@ -97,7 +108,7 @@ class _Search:
                               rule_options=config.rule_options, init=config.init,
                               partial_channels=config.partial_channels).to(self.device)
         self.model = self.model.to(memory_format=self.memory_format)
-        self.strategy = STRATEGIES.get(config.method)(self.model, config)
+        self.strategy = STRATEGIES.get(config.method)(self.model, config, context)
         self.history: list[dict] = []
         self.arch_history: list[dict] = []
         self.epoch = 0
@@ -124,6 +135,14 @@ class _Search:
         return genotype
 
 
+def device_for(config: SearchConfig, context: distributed.Context) -> torch.device:
+    """``config.device``; under torchrun on CUDA, the local rank's GPU."""
+    device = resolve_device(config.device)
+    if context.distributed and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", context.local_rank)
+    return device
+
+
 def resumed_config(state: dict, overrides: dict | None = None) -> SearchConfig:
     """The config saved in a checkpoint; ``overrides`` may only repeat it (or change ``progress``/``out``)."""
     saved = apply_options(SearchConfig(), state["config"], "the checkpoint")
@@ -141,39 +160,57 @@ def run_search(config: SearchConfig, resume: bool = False, overrides: dict | Non
     to interrupt a run).
     """
     config = check(config)
-    out = check_output_dir(config.out)
+    context = distributed.from_environment()
+    out = check_output_dir(config.out) if context.main else Path(config.out)
     state = checkpoint_to_resume(out, resume, CHECKPOINT_KIND, "search", "genotype.json")
     if state is not None:
         config = dataclasses.replace(resumed_config(state, overrides), out=config.out, progress=config.progress)
     else:  # record the dataset "auto" stands for, so that config.yaml repeats this very run
         config = dataclasses.replace(config, dataset=resolve_dataset_name(config.dataset, config.data_dir))
-    search = _Search(config)
+    distributed.check_batch(config.batch_size, context)
+    distributed.setup(context, device_for(config, context))
+    try:
+        return _search(config, context, state, out, on_epoch_end)
+    finally:
+        distributed.teardown(context)
+
+
+def _search(config: SearchConfig, context: distributed.Context, state: dict | None, out: Path,
+            on_epoch_end: Callable[[int], None] | None) -> SearchResult:
+    search = _Search(config, context)
     if state is not None:
         search.restore(state)
         log.info("resuming %s after epoch %d of %d", out, search.epoch, config.epochs)
-    else:
+    elif context.main:
         with atomic_open(out / "config.yaml") as fh:
             yaml.safe_dump(config.to_dict(), fh, sort_keys=False)
         save_json({"bionas_version": bionas.__version__, "torch_version": torch.__version__,
-                   "device": str(search.device), "threads": torch.get_num_threads(), "dataset": search.dataset,
+                   "device": str(search.device), "world_size": context.world, "threads": torch.get_num_threads(),
+                   "dataset": search.dataset,
                    "weight_images": len(search.train_data), "architecture_images": len(search.val_data),
                    "steps_per_epoch": search.steps_per_epoch, "candidates": [str(c) for c in search.space.candidates],
                    "supernet": dataclasses.asdict(search.shape),
                    "weights": sum(p.numel() for p in search.model.weight_parameters())}, out / "run_info.json")
+    if state is None:
         search.record_architecture()  # epoch 0: the mixing weights before any training
     log.info("%s search over space %r (%d candidates per edge, %d cells of %d channels) on %s: %d + %d images, "
-             "%d steps per epoch, %d epochs, %s", config.method, search.space.name, len(search.space),
+             "%d steps per epoch, %d epochs, %s%s", config.method, search.space.name, len(search.space),
              search.shape.cells, search.shape.channels, search.dataset, len(search.train_data), len(search.val_data),
-             search.steps_per_epoch, config.epochs, search.device)
+             search.steps_per_epoch, config.epochs, search.device,
+             f", {context.world} processes" if context.distributed else "")
 
     while search.epoch < config.epochs:
         _run_epoch(search)
-        search.save(out / "checkpoint.pt")
-        _write_logs(search, out)
+        distributed.check_in_step(list(search.model.parameters()), context, "supernet weights and logits")
+        if context.main:
+            search.save(out / "checkpoint.pt")
+            _write_logs(search, out)
         if on_epoch_end is not None:
             on_epoch_end(search.epoch)
 
     genotype = search.strategy.derive()
+    if not context.main:
+        return SearchResult(genotype, pd.DataFrame(search.history), out, main=False)
     genotype.save(out / "genotype.json")
     with atomic_open(out / "genotype.txt") as fh:
         fh.write(genotype.to_darts_literal() + "\n")
@@ -194,7 +231,7 @@ def _run_epoch(search: _Search) -> None:
     start = time.perf_counter()
     sums: dict[str, float] = {}
     bar = tqdm(range(search.steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", leave=False,
-               disable=None if config.progress else True)
+               disable=None if config.progress and search.context.main else True)
     for i in bar:
         step = search.epoch * search.steps_per_epoch + i
         metrics = strategy.step(next(search.train_stream), next(search.val_stream), step)
@@ -204,8 +241,12 @@ def _run_epoch(search: _Search) -> None:
     bar.close()
     strategy.end_epoch()
     search.epoch = epoch
+    if search.context.distributed:  # each rank's metrics are of its share of the batches
+        keys = sorted(sums)
+        reduced = distributed.all_reduce_sum([sums[k] for k in keys], search.device, search.context)
+        sums = {k: v / search.context.world for k, v in zip(keys, reduced)}
     means = {k: v / search.steps_per_epoch for k, v in sums.items()}
-    val_loss, val_acc = evaluate_supernet(search.model, _eval_loader(search))
+    val_loss, val_acc = evaluate_supernet(search.model, _eval_loader(search), search.context)
     genotype = search.record_architecture()
     row = {"epoch": epoch, "lr": lr, "train_loss": means.get("loss"), "train_acc": means.get("acc"),
            **{k: v for k, v in means.items() if k not in ("loss", "acc")},
@@ -227,9 +268,12 @@ def mixing_entropy(model: Supernet) -> float:
 
 
 def _eval_loader(search: _Search):
-    """The whole architecture half, unaugmented (DARTS ``infer``; evaluated with batch statistics)."""
-    return BatchLoader(search.val_data, max(search.config.batch_size, 256), shuffle=False, device=search.device,
-                       memory_format=search.memory_format)
+    """The whole architecture half, unaugmented (DARTS ``infer``; evaluated with batch statistics;
+    under torchrun each rank sees its share of every batch)."""
+    world = search.context.world
+    batch = -(-max(search.config.batch_size, 256) // world) * world  # divisible by the ranks
+    return BatchLoader(search.val_data, batch, shuffle=False, device=search.device,
+                       memory_format=search.memory_format, shard=search.context.shard)
 
 
 def _write_logs(search: _Search, out: Path) -> None:

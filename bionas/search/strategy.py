@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bionas import rules
+from bionas import distributed, rules
 from bionas.configs.options import apply_options, check
 from bionas.engine import accuracy, train_step
 from bionas.registry import Registry
@@ -92,8 +92,8 @@ class SearchStrategy:
         """``cls.Options`` from a mapping of option values, checked; unknown keys are errors."""
         return check(apply_options(cls.Options(), mapping, f"strategy_options.{cls.name}", f"{cls.name} strategy"))
 
-    def __init__(self, model, config):
-        self.model, self.config = model, config
+    def __init__(self, model, config, context: distributed.Context = distributed.Context()):
+        self.model, self.config, self.context = model, config, context
         self.options = config.options_for(self.name)
         self.weight_optimizer = torch.optim.SGD(
             list(model.weight_parameters()), lr=config.lr, momentum=config.momentum,
@@ -142,15 +142,30 @@ class SearchStrategy:
         weights = tuple(w.detach() for w in self.model.mixing_weights())
         value, logits = train_step(self.model, self.weight_optimizer, x, y, step,
                                    forward=lambda images: self.model(images, weights),  # (B, classes)
-                                   grad_clip=self.config.grad_clip, what="search weight", fix=DIVERGED_FIX)
+                                   grad_clip=self.config.grad_clip, what="search weight", fix=DIVERGED_FIX,
+                                   sync_gradients=self.average_parameter_gradients if self.context.distributed
+                                   else None)
         return {"loss": value, "acc": accuracy(logits, y)}
+
+    def average_gradients(self, grads: list[Tensor | None]) -> list[Tensor | None]:
+        """The mean over the ranks of each gradient (unchanged in one process): each rank holds
+        the gradient of its share of the global batch (:func:`bionas.distributed.average_gradients`)."""
+        return distributed.average_gradients(list(grads), self.context)
+
+    def average_parameter_gradients(self, parameters) -> None:
+        """``p.grad`` <- the mean over the ranks, for every parameter with a gradient."""
+        parameters = [p for p in parameters if p.grad is not None]
+        for p, g in zip(parameters, self.average_gradients([p.grad for p in parameters])):
+            p.grad = g
 
 
 @torch.no_grad()
-def evaluate_supernet(model: nn.Module, batches) -> tuple[float, float]:
+def evaluate_supernet(model: nn.Module, batches,
+                      context: distributed.Context = distributed.Context()) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of the supernet under its current mixing weights, with
     batch statistics -- as the architecture steps see it -- and no trace left behind (running
-    statistics, random feedback draws and training mode are restored).
+    statistics, random feedback draws and training mode are restored). Under ``torchrun`` each
+    rank passes its share of every batch and the sums are added over the ranks.
 
     A supernet's running statistics are a poor basis for evaluation: they average over a mixture
     that keeps moving and lag far behind it (results/README.md has the measurement).
@@ -165,4 +180,6 @@ def evaluate_supernet(model: nn.Module, batches) -> tuple[float, float]:
             correct += int((logits.argmax(1) == y).sum())
             n += len(y)
     model.train(was_training)
+    total_loss, correct, n = distributed.all_reduce_sum([total_loss, correct, n], next(model.parameters()).device,
+                                                        context)
     return total_loss / max(n, 1), correct / max(n, 1)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bionas.candidate import Candidate
+from bionas.distributed import GlobalBatchNorm2d, global_moments
 from bionas.engine import INITS, initialise_weights
 from bionas.errors import ConfigError
 from bionas.ops import FactorizedReduce, ReLUConvBN
@@ -47,12 +48,16 @@ def _weighted(y: Tensor, w: Tensor) -> Tensor:
     return (y.view(P, -1, *y.shape[1:]) * w.view(P, *([1] * y.dim()))).view(y.shape)
 
 
-class PopulationBatchNorm2d(nn.BatchNorm2d):
+class PopulationBatchNorm2d(GlobalBatchNorm2d):
     """Batch norm that can also normalise a *population* batch: with ``population = P`` set (by
     :meth:`Supernet.forward` for population weights) and in training mode, each of the ``P``
     consecutive chunks of the batch is normalised by its own statistics -- what ``P`` separate
     forward passes would do -- and the running statistics are left untouched. With
-    ``population = 0`` it is ``nn.BatchNorm2d`` (same parameters, buffers and state-dict keys)."""
+    ``population = 0`` it is ``nn.BatchNorm2d`` (same parameters, buffers and state-dict keys).
+
+    Under ``torchrun`` both modes normalise over the global batch of all ranks (the population
+    mode combines each chunk's per-channel moments over the ranks), so a data-parallel search
+    computes the one-process statistics."""
 
     population = 0
 
@@ -61,8 +66,7 @@ class PopulationBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         P = self.population
         xv = x.view(P, -1, *x.shape[1:])  # (P, B, C, H, W)
-        mean = xv.mean(dim=(1, 3, 4), keepdim=True)
-        var = xv.var(dim=(1, 3, 4), unbiased=False, keepdim=True)
+        mean, var, _ = global_moments(xv, (1, 3, 4))  # (P, 1, C, 1, 1) each; over all ranks under torchrun
         y = ((xv - mean) * torch.rsqrt(var + self.eps)).view(x.shape)
         if self.affine:
             y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
@@ -199,7 +203,10 @@ class Supernet(nn.Module):
                               f"halve the {partial_channels}th of the channels an edge sees), got {C}")
         self.partial_channels = partial_channels
         C_curr = shape.stem_multiplier * C
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        # the stem runs once for a whole population (before the cells split it), so its batch norm
+        # is a plain one -- over the global batch under torchrun, as every other
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False),
+                                  GlobalBatchNorm2d(C_curr))
         C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
         self.cells = nn.ModuleList()
         reduction_prev = False

@@ -45,7 +45,7 @@ from bionas.errors import ConfigError
 from bionas.io import atomic_open, check_output_dir, save_csv, save_figure, save_json
 from bionas.genotype import Genotype
 from bionas.engine import resolve_device
-from bionas.train import distributed
+from bionas import distributed
 from bionas.train.config import TrainConfig, apply_options, check
 from bionas.train.model import CHECKPOINT_KIND, DataShape, WithAuxiliary, build_network, training_genotype
 
