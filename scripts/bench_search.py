@@ -1,7 +1,8 @@
 """Time and memory of one search step (architecture + weights) per search configuration.
 
-A configuration is ``SPACE/ORDER[/HESSIAN][/kK]``: ``darts/first``, ``bionas/second/exact``,
-``bionas/second/finite_difference``, ``bionas/first/k4`` (PC-DARTS partial channels, K = 4).
+A configuration is ``SPACE/ORDER[/HESSIAN][/kK][/ckpt]``: ``darts/first``, ``bionas/second/exact``,
+``bionas/second/finite_difference``, ``bionas/first/k4`` (PC-DARTS partial channels, K = 4),
+``bionas/first/k4/ckpt`` (cells recomputed in the backward: ``checkpoint_cells``).
 Each supernet is built at the same channels, cells and batch size and driven by the DARTS
 strategy on real CIFAR-10 batches; configurations alternate
 within each round so that machine noise hits them alike, and the table reports median step
@@ -95,8 +96,10 @@ def main() -> None:
         space = load_space(space_name)
         shape = SupernetShape(channels=args.channels, cells=args.cells, nodes=space.supernet.nodes)
         k = next((int(part[1:]) for part in extra if part.startswith("k")), 1)
-        hessian = [part for part in extra if not part.startswith("k")]
-        model = Supernet(space, 3, 10, seed=0, shape=shape, partial_channels=k).to(device, memory_format=fmt)
+        checkpoint = "ckpt" in extra
+        hessian = [part for part in extra if not part.startswith("k") and part != "ckpt"]
+        model = Supernet(space, 3, 10, seed=0, shape=shape, partial_channels=k,
+                         checkpoint_cells=checkpoint).to(device, memory_format=fmt)
         options = {"order": order, **({"hessian": hessian[0]} if hessian else {})}
         strategy = DartsStrategy(model, SearchConfig(epochs=1, strategy_options={"darts": options}))
         with autocast():

@@ -1,4 +1,5 @@
 """The supernet: structure, mixing, rules per candidate, seeding, and what each step may touch."""
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -248,3 +249,75 @@ def test_partial_channels_add_edge_weights_that_darts_trains_and_the_genotype_us
     plain = full.genotype((torch.softmax(net.alpha_normal, -1), torch.softmax(net.alpha_reduce, -1)))
     edges = {(e.node, e.source): e for e in net.genotype().normal}
     assert (2, 1) in edges and (2, 1) in {(e.node, e.source) for e in plain.normal}
+
+
+LOCAL_AND_RANDOM = {"name": "local", "candidates": {"none": [], "max_pool_3x3": [], "skip_connect": ["brsf"],
+                                                    "sep_conv_3x3": ["fa", "brsf", "hebbian", "pc"]}}
+
+
+@pytest.mark.parametrize("order", ["first", "second"])
+def test_checkpointed_cells_give_the_search_steps_of_kept_activations(images, order):
+    """Recomputing cells in the backward changes nothing: brSF's feedback (redrawn each
+    forward), the Hebbian and pc layers' local updates, batch-norm running statistics, logits and
+    weights after two search steps equal those of the supernet that keeps its activations (float64)."""
+    x, y = images
+    x = x.double()
+    states = []
+    for checkpoint in (False, True):
+        net = Supernet(space_from_dict(LOCAL_AND_RANDOM), 3, 10, seed=0, shape=SMALL,
+                       checkpoint_cells=checkpoint).double()
+        strategy = DartsStrategy(net, SearchConfig(epochs=2, strategy_options={"darts": {"order": order}}))
+        start = {k: v.clone() for k, v in net.state_dict().items() if torch.is_tensor(v)}
+        local = [f"{name}.weight" for name, layer in rules.rule_layers(net) if layer.rule.kind == "local"]
+        for step in range(2):
+            strategy.step((x[:10], y[:10]), (x[10:], y[10:]), step)
+        states.append(net.state_dict())
+    kept, recomputed = states
+    assert kept.keys() == recomputed.keys()
+    for k in kept:
+        if torch.is_tensor(kept[k]) and kept[k].is_floating_point():
+            assert torch.allclose(kept[k], recomputed[k], rtol=1e-9, atol=1e-12), k
+        else:
+            assert str(kept[k]) == str(recomputed[k]), k  # brSF's draw counters
+    assert local and all(not torch.equal(kept[k], start[k]) for k in local)  # the local rules did learn
+
+
+def test_checkpointed_cells_keep_a_fraction_of_the_activations(images):
+    x, y = images
+
+    def kept_bytes(checkpoint: bool) -> int:
+        net = Supernet(space_from_dict(MIXED_RULES), 3, 10, seed=0, shape=SMALL, checkpoint_cells=checkpoint)
+        storages: dict[int, int] = {}
+
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = nn.functional.cross_entropy(net(x), y)
+        weights = {p.untyped_storage().data_ptr() for p in net.parameters()}
+        loss.backward()  # and the backward, recomputing, still works
+        return sum(n for ptr, n in storages.items() if ptr not in weights)
+
+    assert kept_bytes(True) < 0.2 * kept_bytes(False)  # cell inputs only, against every op's activations
+
+
+@pytest.mark.parametrize("method", ["darts", "eg"])
+def test_bf16_autocast_search_steps_keep_float32_weights_and_finite_gradients(images, method):
+    """``amp: bf16``: the forward passes run in bf16, every rule's backward hands float32
+    gradients to the float32 weights and logits, and the steps move them."""
+    from bionas.search.strategy import STRATEGIES
+
+    x, y = images
+    net = Supernet(space_from_dict(MIXED_RULES), 3, 10, seed=0, shape=SMALL)
+    options = {"eg": {"warmup_epochs": 0, "population": 4, "restarts": 1}}
+    strategy = STRATEGIES.get(method)(net, SearchConfig(epochs=2, amp="bf16", strategy_options=options))
+    before = {k: v.clone() for k, v in net.state_dict().items() if torch.is_tensor(v)}
+    metrics = strategy.step((x[:10], y[:10]), (x[10:], y[10:]), 0)
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    assert all(p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in net.weight_parameters())
+    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+    moved = [k for k in before if not torch.equal(before[k], net.state_dict()[k])]
+    assert "stem.0.weight" in moved and ("alpha_normal" in moved or method == "eg")
+    if method == "eg":
+        assert strategy.fitness_log and all(np.isfinite(r["selected_ce"]) for r in strategy.fitness_log)

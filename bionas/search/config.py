@@ -56,6 +56,10 @@ class SearchConfig:
     seed: int = option(0, "random seed", flag="--seed")
     device: str = option("auto", "auto (cuda if available), cpu, cuda, cuda:N", flag="--device")
     channels_last: bool = option(True, "channels-last tensors (much faster depthwise convolutions on CPU)")
+    amp: str = option("off", "bf16: bf16 autocast in the weight steps, first-order architecture steps and EG's "
+                      "scoring (second order stays float32); off: float32", choices=("off", "bf16"))
+    checkpoint_cells: bool = option(False, "recompute each cell in the backward instead of keeping its "
+                                    "activations (less memory, one more forward per step)")
     out: str = option("runs/search", "output directory", flag="--out")
     progress: bool = option(True, "progress bars")
 

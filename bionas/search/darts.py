@@ -88,11 +88,13 @@ class DartsStrategy(SearchStrategy):
         model = self.model
         model.train()
         with preserved_batchnorm_statistics(model), self.architecture_gradient_mode():
-            if self.options.order == "second":
-                grads, loss, logits = self.unrolled_gradient(train_batch, val_batch)
+            if self.options.order == "second":  # float32, no recomputation: see unrolled_gradient
+                with model.cell_checkpointing(False):
+                    grads, loss, logits = self.unrolled_gradient(train_batch, val_batch)
             else:
-                logits = model(val_batch[0])  # (B, classes)
-                loss = F.cross_entropy(logits, val_batch[1])
+                with self.autocast():
+                    logits = model(val_batch[0])  # (B, classes)
+                loss = F.cross_entropy(logits.float(), val_batch[1])
                 grads = torch.autograd.grad(loss, model.arch_parameters())
         # under torchrun: the mean over the ranks, the loss with them so that all ranks stop together
         *grads, loss = self.average_gradients([*grads, loss.detach()])
@@ -105,7 +107,13 @@ class DartsStrategy(SearchStrategy):
 
     # --- second order ---------------------------------------------------------------------------
     def unrolled_gradient(self, train_batch: Batch, val_batch: Batch) -> tuple[list[Tensor], Tensor, Tensor]:
-        """The second-order architecture gradient, the validation loss at ``w'`` and its logits."""
+        """The second-order architecture gradient, the validation loss at ``w'`` and its logits.
+
+        Always float32 and without cell checkpointing: the Hessian-vector term turns float32
+        rounding of batch norm into percent-level differences on some batches already
+        (results/README.md), bf16 would swamp it; and a recomputed cell would read the weights
+        ``w`` again where the forward ran at ``w'`` (``functional_call`` swaps them only for the
+        call)."""
         model = self.model
         names, params = zip(*model.named_weight_parameters())
         alphas = model.arch_parameters()

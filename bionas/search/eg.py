@@ -238,7 +238,8 @@ class EvolutionaryStrategy(SearchStrategy):
         model.train()
         with preserved_batchnorm_statistics(model), no_feedback_redraws(model):
             for chunk in weights.split(self.options.score_chunk):
-                out = model(x, (chunk[:, 0], chunk[:, 1]))  # (p, B, classes), per-candidate batch statistics
+                with self.autocast():
+                    out = model(x, (chunk[:, 0], chunk[:, 1])).float()  # (p, B, classes), per-candidate BN
                 target = y.expand(len(chunk), -1)
                 ces.append(F.cross_entropy(out.flatten(0, 1), target.flatten(), reduction="none")
                            .view(len(chunk), -1).sum(1))

@@ -106,7 +106,8 @@ class _Search:
         torch.manual_seed(config.seed)  # nothing should draw from it, but keep any stray use repeatable
         self.model = Supernet(self.space, data.channels, data.num_classes, seed=config.seed, shape=self.shape,
                               rule_options=config.rule_options, init=config.init,
-                              partial_channels=config.partial_channels).to(self.device)
+                              partial_channels=config.partial_channels,
+                              checkpoint_cells=config.checkpoint_cells).to(self.device)
         self.model = self.model.to(memory_format=self.memory_format)
         self.strategy = STRATEGIES.get(config.method)(self.model, config, context)
         self.history: list[dict] = []

@@ -8,6 +8,9 @@ and a config, and one loop (:func:`bionas.search.run.run_search`) drives every s
 * :meth:`SearchStrategy.derive` -- the genotype of the moment;
 * :meth:`SearchStrategy.state_dict` / :meth:`load_state_dict` -- everything needed to resume.
 
+``config.amp == "bf16"`` gives every strategy ``self.autocast``, a bf16 autocast context for
+its forward passes (the weight step uses it; a strategy decides where else it is safe).
+
 The base class trains the weights the same way for every strategy (SGD with Nesterov momentum,
 cosine schedule, gradient clipping: BioNAS appendix 7.1); a subclass implements
 :meth:`update_architecture` and declares its own options as a dataclass in ``Options`` (fields
@@ -17,7 +20,7 @@ Register a new strategy with ``@STRATEGIES.register("name")``, which also sets i
 from __future__ import annotations
 
 import dataclasses
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterator
 
 import torch
@@ -101,6 +104,9 @@ class SearchStrategy:
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.weight_optimizer, T_max=config.epochs, eta_min=config.lr_min)
         self.epoch = 0
+        device = next(model.parameters()).device
+        self.autocast = ((lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if config.amp == "bf16"
+                         else nullcontext)
 
     @property
     def lr(self) -> float:
@@ -143,6 +149,7 @@ class SearchStrategy:
         value, logits = train_step(self.model, self.weight_optimizer, x, y, step,
                                    forward=lambda images: self.model(images, weights),  # (B, classes)
                                    grad_clip=self.config.grad_clip, what="search weight", fix=DIVERGED_FIX,
+                                   autocast=self.autocast,
                                    sync_gradients=self.average_parameter_gradients if self.context.distributed
                                    else None)
         return {"loss": value, "acc": accuracy(logits, y)}

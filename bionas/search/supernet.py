@@ -18,9 +18,11 @@ the pre-processing layers and the classifier are not searched and learn by backp
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Iterator, Sequence
 
 import torch
+import torch.utils.checkpoint
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -71,6 +73,17 @@ class PopulationBatchNorm2d(GlobalBatchNorm2d):
         if self.affine:
             y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
         return y
+
+
+@contextlib.contextmanager
+def _as_in_forward(cell: nn.Module) -> Iterator[None]:
+    """The recomputation of a checkpointed cell: the same feedback as the forward (no brSF
+    redraw), no local-rule update, batch-norm running statistics left as the forward left them."""
+    from bionas import rules
+    from bionas.search.strategy import no_feedback_redraws, preserved_batchnorm_statistics
+
+    with no_feedback_redraws(cell), preserved_batchnorm_statistics(cell), rules.local_updates(cell, False):
+        yield
 
 
 def _with_population_batchnorm(module: nn.Module) -> None:
@@ -184,12 +197,22 @@ class Supernet(nn.Module):
             its incoming edges by edge-normalisation weights, a softmax over the node's edges of
             the logits ``beta_normal``/``beta_reduce`` (more architecture parameters); the derived
             genotype ranks edges by edge weight x candidate weight, as PC-DARTS does.
+        checkpoint_cells: recompute each cell's forward in the backward instead of keeping its
+            activations (``torch.utils.checkpoint``, non-reentrant) whenever gradients are taken
+            of a single architecture. The recomputation runs with the rules' feedback as it was
+            drawn in the forward (brSF does not redraw), local-rule updates off and the cell's
+            batch-norm running statistics restored, so it computes exactly the forward's graph.
+            A cell whose local-rule layers (hebbian, pc) update their weights in this forward
+            keeps its activations: the update changes the weights in place during the forward,
+            so a recomputation would see other weights. :meth:`cell_checkpointing` switches it
+            off for a block.
     """
 
     def __init__(self, space: SearchSpace, in_channels: int, num_classes: int, seed: int = 0,
                  shape: SupernetShape | None = None, rule_options: dict[str, dict] | None = None,
-                 init: str = "xavier", partial_channels: int = 1):
+                 init: str = "xavier", partial_channels: int = 1, checkpoint_cells: bool = False):
         super().__init__()
+        self.checkpoint_cells = checkpoint_cells
         if init not in INITS:
             raise ConfigError(f"unknown init {init!r}; choose from {', '.join(INITS)}")
         self.space = space
@@ -231,6 +254,10 @@ class Supernet(nn.Module):
             self.beta_reduce = nn.Parameter(1e-3 * torch.randn(E, generator=gen))
         _with_population_batchnorm(self.cells)
         self._population_bns = [m for m in self.cells.modules() if isinstance(m, PopulationBatchNorm2d)]
+        from bionas import rules
+
+        self._local_layers = {id(cell): [layer for _, layer in rules.rule_layers(cell) if layer.rule.kind == "local"]
+                              for cell in self.cells}
 
     # --- parameters -----------------------------------------------------------------------------
     def arch_parameters(self) -> list[nn.Parameter]:
@@ -251,6 +278,15 @@ class Supernet(nn.Module):
     def named_weight_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         arch = {id(p) for p in self.arch_parameters()}
         return ((n, p) for n, p in self.named_parameters() if id(p) not in arch)
+
+    @contextlib.contextmanager
+    def cell_checkpointing(self, enabled: bool) -> Iterator[None]:
+        """Inside the block, cells are (or are not) recomputed in the backward."""
+        saved, self.checkpoint_cells = self.checkpoint_cells, enabled
+        try:
+            yield
+        finally:
+            self.checkpoint_cells = saved
 
     def mixing_weights(self) -> MixingWeights:
         """Softmax over candidates of the logits: ``(normal, reduce)``, each (edges, candidates);
@@ -301,9 +337,17 @@ class Supernet(nn.Module):
             s0 = s1 = torch.cat([s0] * P)  # (P*B, 3C, H, W): architecture p owns chunk p
         for bn in self._population_bns:
             bn.population = P
+        recompute = self.checkpoint_cells and not P and torch.is_grad_enabled()
         try:
             for cell in self.cells:
-                s0, s1 = s1, cell(s0, s1, *((reduce, edge_reduce) if cell.reduction else (normal, edge_normal)))
+                args = (s0, s1, *((reduce, edge_reduce) if cell.reduction else (normal, edge_normal)))
+                if recompute and not any(layer.local_updates for layer in self._local_layers[id(cell)]):
+                    out = torch.utils.checkpoint.checkpoint(
+                        cell, *args, use_reentrant=False,
+                        context_fn=lambda cell=cell: (contextlib.nullcontext(), _as_in_forward(cell)))
+                else:
+                    out = cell(*args)
+                s0, s1 = s1, out
         finally:
             for bn in self._population_bns:
                 bn.population = 0
