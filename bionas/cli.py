@@ -40,7 +40,7 @@ COMMANDS = {
 
 def _flags(parser: argparse.ArgumentParser, config_type: type) -> None:
     """One flag per field that declares one; its type, help text and default from the field
-    (a list field takes one or more values)."""
+    (a list field takes one or more values, a bool field is a switch that turns it on)."""
     hints = typing.get_type_hints(config_type)
     for f in dataclasses.fields(config_type):
         if f.metadata.get("flag"):
@@ -48,6 +48,10 @@ def _flags(parser: argparse.ArgumentParser, config_type: type) -> None:
             many = typing.get_origin(tp) is list
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             choices = f"; one of: {', '.join(map(str, choices_of(f)))}" if choices_of(f) else ""
+            if tp is bool:  # a switch: the flag turns it on
+                parser.add_argument(f.metadata["flag"], dest=f"opt_{f.name}", action="store_const", const=True,
+                                    default=None, help=f"{f.metadata['help']} (default: off)")
+                continue
             parser.add_argument(f.metadata["flag"], dest=f"opt_{f.name}", type=typing.get_args(tp)[0] if many else tp,
                                 nargs="+" if many else None, metavar=f.name.upper(),
                                 help=f"{f.metadata['help']} (default: {default}{choices})")

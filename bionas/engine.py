@@ -16,9 +16,9 @@ output folder that holds a run, ``--resume`` needs a checkpoint of the same kind
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -79,7 +79,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
                loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None, grad_clip: float = 0.0,
                parameters=None, autocast: Callable = nullcontext, local: bool = True, what: str = "training",
                fix: str = "lower the learning rate (--lr)",
-               sync_gradients: Callable[[list[torch.Tensor]], None] | None = None) -> tuple[float, Any]:
+               sync_gradients: Callable[[list[torch.Tensor]], None] | None = None,
+               recorder=None) -> tuple[float, Any]:
     """One optimiser step on a batch; returns (loss, the model's output).
 
     ``forward(x)`` (default ``model(x)``; the supernet's weight step passes its fixed mixing
@@ -91,18 +92,26 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
     ``fix`` before the optimiser moves, so the last checkpoint stays the last good state.
     ``sync_gradients(parameters)``, when given, runs between the backward and the clipping and
     may replace the parameters' ``.grad`` (the data-parallel search averages them over the ranks
-    there; training lets DDP do it during the backward).
+    there; training lets DDP do it during the backward). ``recorder`` (a
+    :class:`bionas.dynamics.DynamicsRecorder`) sees the step: on its alignment steps an exact
+    pass on the same batch first, then the gradients the optimiser receives (before clipping).
     """
+    loss_fn = loss_fn if loss_fn is not None else F.cross_entropy
+    if recorder is not None and recorder.due(step):
+        recorder.exact_pass(x, y, forward, loss_fn, autocast)
     model.train()
-    with autocast(), rules.local_updates(model, local):
+    with autocast(), rules.local_updates(model, local), \
+            (recorder.step_context(step) if recorder is not None else nullcontext()):
         out = model(x) if forward is None else forward(x)
-    loss = loss_fn(out, y) if loss_fn is not None else F.cross_entropy(out, y)
+    loss = loss_fn(out, y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if parameters is None:
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
     if sync_gradients is not None:
         sync_gradients(parameters)
+    if recorder is not None:
+        recorder.after_backward(step)
     # under DDP the all-reduced gradient norm is the same on every rank, so all ranks stop together
     norm = float(nn.utils.clip_grad_norm_(parameters, grad_clip or math.inf))
     value = float(loss.detach())
@@ -110,6 +119,25 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
         raise TrainingDiverged(f"{what} loss became {value} (gradient norm {norm}) at step {step}; {fix}, then rerun")
     optimizer.step()
     return value, out
+
+
+@contextmanager
+def preserved_batchnorm_statistics(model: nn.Module) -> Iterator[None]:
+    """Run forward passes in training mode without changing any BatchNorm running statistics.
+
+    Architecture steps, candidate scoring and the dynamics recorder's exact pass run networks on
+    validation data, at virtual weights that are never kept (the unrolled ``w'`` and
+    ``w +- eps v``) or a second time on a batch; their batches must not leak into the statistics
+    that evaluation later uses.
+    """
+    saved = [(buf, buf.clone()) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+             for buf in (m.running_mean, m.running_var, m.num_batches_tracked) if buf is not None]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, copy in saved:
+                buf.copy_(copy)
 
 
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:

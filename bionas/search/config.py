@@ -58,6 +58,10 @@ class SearchConfig:
     channels_last: bool = option(True, "channels-last tensors (much faster depthwise convolutions on CPU)")
     amp: str = option("off", "bf16: bf16 autocast in the weight steps, first-order architecture steps and EG's "
                       "scoring (second order stays float32); off: float32", choices=("off", "bf16"))
+    dynamics: bool = option(False, "record the weight steps' gradient statistics, feedback alignment and "
+                            "weight statistics (dynamics.csv, weight_histograms.csv; read by bionas analyze)",
+                            flag="--dynamics")
+    dynamics_every: int = option(50, "dynamics: gradient window and alignment interval, in steps", ge=2)
     checkpoint_cells: bool = option(False, "recompute each cell in the backward instead of keeping its "
                                     "activations (less memory, one more forward per step)")
     out: str = option("runs/search", "output directory", flag="--out")

@@ -110,6 +110,11 @@ class _Search:
                               checkpoint_cells=config.checkpoint_cells).to(self.device)
         self.model = self.model.to(memory_format=self.memory_format)
         self.strategy = STRATEGIES.get(config.method)(self.model, config, context)
+        if config.dynamics:
+            from bionas.dynamics import DynamicsRecorder
+
+            self.strategy.recorder = DynamicsRecorder(self.model, config.dynamics_every, last_epoch=config.epochs,
+                                                      write=context.main)
         self.history: list[dict] = []
         self.arch_history: list[dict] = []
         self.epoch = 0
@@ -182,6 +187,8 @@ def _search(config: SearchConfig, context: distributed.Context, state: dict | No
     if state is not None:
         search.restore(state)
         log.info("resuming %s after epoch %d of %d", out, search.epoch, config.epochs)
+        if search.strategy.recorder is not None:
+            search.strategy.recorder.resume(out, search.epoch)
     elif context.main:
         with atomic_open(out / "config.yaml") as fh:
             yaml.safe_dump(config.to_dict(), fh, sort_keys=False)
@@ -194,6 +201,8 @@ def _search(config: SearchConfig, context: distributed.Context, state: dict | No
                    "weights": sum(p.numel() for p in search.model.weight_parameters())}, out / "run_info.json")
     if state is None:
         search.record_architecture()  # epoch 0: the mixing weights before any training
+        if search.strategy.recorder is not None:
+            search.strategy.recorder.end_epoch(0, 0)
     log.info("%s search over space %r (%d candidates per edge, %d cells of %d channels) on %s: %d + %d images, "
              "%d steps per epoch, %d epochs, %s%s", config.method, search.space.name, len(search.space),
              search.shape.cells, search.shape.channels, search.dataset, len(search.train_data), len(search.val_data),
@@ -203,6 +212,9 @@ def _search(config: SearchConfig, context: distributed.Context, state: dict | No
     while search.epoch < config.epochs:
         _run_epoch(search)
         distributed.check_in_step(list(search.model.parameters()), context, "supernet weights and logits")
+        if search.strategy.recorder is not None:  # its rows first: a resume drops rows after the checkpoint's
+            search.strategy.recorder.end_epoch(search.epoch, search.epoch * search.steps_per_epoch)
+            search.strategy.recorder.flush(out)
         if context.main:
             search.save(out / "checkpoint.pt")
             _write_logs(search, out)

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from bionas import distributed, rules
 from bionas.configs.options import apply_options, check
-from bionas.engine import accuracy, train_step
+from bionas.engine import accuracy, preserved_batchnorm_statistics, train_step
 from bionas.registry import Registry
 from bionas.genotype import Genotype
 
@@ -38,24 +38,6 @@ STRATEGIES: Registry[type["SearchStrategy"]] = Registry("search method")
 Batch = tuple[Tensor, Tensor]  # images (B, C, H, W), labels (B,)
 
 DIVERGED_FIX = "lower --lr or --set arch_lr=..., or keep --set grad_clip=5"
-
-
-@contextmanager
-def preserved_batchnorm_statistics(model: nn.Module) -> Iterator[None]:
-    """Run forward passes in training mode without changing any BatchNorm running statistics.
-
-    Architecture steps (and candidate scoring) evaluate the supernet on validation data, or at
-    virtual weights that are never kept (the unrolled ``w'`` and ``w +- eps v``); their batches
-    must not leak into the statistics that evaluation later uses.
-    """
-    saved = [(buf, buf.clone()) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-             for buf in (m.running_mean, m.running_var, m.num_batches_tracked) if buf is not None]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for buf, copy in saved:
-                buf.copy_(copy)
 
 
 @contextmanager
@@ -104,6 +86,7 @@ class SearchStrategy:
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.weight_optimizer, T_max=config.epochs, eta_min=config.lr_min)
         self.epoch = 0
+        self.recorder = None  # a bionas.dynamics.DynamicsRecorder, set by the search loop
         device = next(model.parameters()).device
         self.autocast = ((lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if config.amp == "bf16"
                          else nullcontext)
@@ -149,7 +132,7 @@ class SearchStrategy:
         value, logits = train_step(self.model, self.weight_optimizer, x, y, step,
                                    forward=lambda images: self.model(images, weights),  # (B, classes)
                                    grad_clip=self.config.grad_clip, what="search weight", fix=DIVERGED_FIX,
-                                   autocast=self.autocast,
+                                   autocast=self.autocast, recorder=self.recorder,
                                    sync_gradients=self.average_parameter_gradients if self.context.distributed
                                    else None)
         return {"loss": value, "acc": accuracy(logits, y)}

@@ -89,6 +89,9 @@ class TrainConfig:
     channels_last: bool = option(True, "channels-last tensors")
     sync_batchnorm: bool = option(True, "data-parallel: batch statistics over the global batch")
     eval_batch_size: int = option(500, "test batch per rank", ge=1)
+    dynamics: bool = option(False, "record gradient statistics, feedback alignment and weight statistics "
+                            "(dynamics.csv, weight_histograms.csv; read by bionas analyze)", flag="--dynamics")
+    dynamics_every: int = option(50, "dynamics: gradient window and alignment interval, in steps", ge=2)
     out: str = option("runs/train", "output directory", flag="--out")
     progress: bool = option(True, "progress bars")
 

@@ -121,6 +121,13 @@ class _Training:
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
         self.history: list[dict] = []
         self.epoch = 0
+        self.recorder = None
+        if config.dynamics:
+            from bionas.dynamics import DynamicsRecorder
+
+            # the network with its auxiliary head, as the step's loss sees it (not the DDP wrapper)
+            self.recorder = DynamicsRecorder(getattr(self.model, "module", self.model), config.dynamics_every,
+                                             last_epoch=config.epochs, write=context.main)
 
     def _load_data(self) -> None:
         config, shard = self.config, self.context.shard
@@ -206,8 +213,9 @@ class _Training:
             step = self.epoch * self.steps_per_epoch + i
             value, (logits, aux) = train_step(  # logits, aux: (B, classes), (B, classes) or None
                 self.model, self.optimizer, x, y, step, loss_fn=self.loss, grad_clip=config.grad_clip,
-                autocast=self.autocast, fix=f"(epoch {self.epoch + 1}) lower --set lr=... or set grad_clip "
-                                            f"(--resume continues from the last checkpoint)")
+                autocast=self.autocast, recorder=self.recorder,
+                fix=f"(epoch {self.epoch + 1}) lower --set lr=... or set grad_clip "
+                    f"(--resume continues from the last checkpoint)")
             correct = float((logits.detach().argmax(1) == y).sum())
             sums += torch.tensor([value * len(y), correct, len(y)], dtype=torch.float64)
             bar.update(1)
@@ -272,12 +280,16 @@ def _run(config: TrainConfig, context: distributed.Context, genotype: Genotype |
     if state is not None:
         run.restore(state)
         log.info("resuming %s after epoch %d of %d", out, run.epoch, config.epochs)
+        if run.recorder is not None:
+            run.recorder.resume(out, run.epoch)
     elif context.main:
         with atomic_open(out / "config.yaml") as fh:
             yaml.safe_dump(config.to_dict(), fh, sort_keys=False)
         if run.genotype is not None:
             run.genotype.save(out / "genotype.json")
         save_json(_run_info(run), out / "run_info.json")
+    if state is None and run.recorder is not None:  # the weights before training
+        run.recorder.end_epoch(0, 0)
     what = f"genotype {config.genotype}" if run.genotype is not None else config.model
     log.info("training %s (%s rules) on %s: %d training / %d test images, %d steps per epoch, %d epochs, "
              "%s%s", what, "+".join(sorted(set(rules.rules_in(run.net).values()))), run.dataset, *run.sizes,
@@ -294,6 +306,9 @@ def _run(config: TrainConfig, context: distributed.Context, genotype: Genotype |
         log.info("epoch %d/%d: lr %.4g, train loss %.3f acc %.3f, test loss %.3f acc %.3f, %.1f s", run.epoch,
                  config.epochs, row["lr"], row["train_loss"], row["train_acc"], row["test_loss"], row["test_acc"],
                  row["seconds"])
+        if run.recorder is not None:  # its rows first: a resume drops rows after the checkpoint's epoch
+            run.recorder.end_epoch(run.epoch, run.epoch * run.steps_per_epoch)
+            run.recorder.flush(out)
         if context.main:
             run.save(out / "checkpoint.pt")
             _write_logs(run.history, out)
