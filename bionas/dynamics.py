@@ -34,8 +34,9 @@ name, ``(rule) NAME`` for the sum over the layers of a rule, or ``(all)`` for th
 
   ``bp`` layers read 0 (up to rounding) wherever every layer above them is ``bp``; layers whose
   input carries no gradient (the first) have no input error. The extra pass draws no random
-  feedback, restores the random-number state (drop-path masks repeat exactly in the step) and
-  batch-norm statistics, so recording leaves training bitwise unchanged.
+  feedback, restores the random-number states -- the global ones and the generators the
+  model's modules own, so drop-path masks repeat exactly in the step -- and batch-norm
+  statistics, so recording leaves training bitwise unchanged.
 * **weight statistics** at the start and after every epoch: ``weight_mean``, ``weight_std``,
   ``weight_kurtosis`` (Pearson's, 3 for a Gaussian), per layer and pooled per rule; for
   local-rule layers (hebbian, pc) ``filters_moved``, the share of output filters whose direction
@@ -168,6 +169,9 @@ class DynamicsRecorder:
         devices = [p.device for p in model.parameters() if p.device.type == "cuda"][:1]
         cpu_state = torch.get_rng_state()
         cuda_state = torch.cuda.get_rng_state(devices[0]) if devices else None
+        # generators the model's modules own (drop path's masks): the step must draw the same
+        generators = {id(g): g for m in model.modules() for g in vars(m).values() if isinstance(g, torch.Generator)}
+        own_states = [(g, g.get_state()) for g in generators.values()]
         model.train()
         with preserved_batchnorm_statistics(model), rules.exact_gradients(model), self.capture() as errors:
             with autocast():
@@ -176,6 +180,8 @@ class DynamicsRecorder:
             weights = [m.weight for _, m, _ in self.layers]
             grads = torch.autograd.grad(loss, weights, allow_unused=True)
         torch.set_rng_state(cpu_state)
+        for g, state in own_states:
+            g.set_state(state)
         if cuda_state is not None:
             torch.cuda.set_rng_state(cuda_state, devices[0])
         self._exact = ({name: g for (name, _, _), g in zip(self.layers, grads) if g is not None}, dict(errors))
