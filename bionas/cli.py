@@ -83,7 +83,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
     for name, handler, text in (("rules", _list_rules, "list the learning rules"), ("ops", _list_ops, "list the ops")):
         sub.add_parser(name, help=text).set_defaults(handler=handler)
+    text = "learning-dynamics figures (gradient variance, weight histograms, alignment) of runs made with --dynamics"
+    p = sub.add_parser("analyze", help=text, description=text)
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="output folders of bionas train/search runs")
+    p.add_argument("--out", default="runs/analysis", help="where the figures and summary.csv go (default: %(default)s)")
+    p.add_argument("--labels", nargs="+", help="one name per run for the legends (default: the folder names)")
+    p.set_defaults(handler=_analyze)
     return parser
+
+
+def _analyze(args) -> int:
+    from bionas.analyze import analyze
+    from bionas.io import check_output_dir
+
+    out = analyze(args.runs, check_output_dir(args.out), args.labels)
+    print(f"wrote {out}/: {', '.join(sorted(p.name for p in out.iterdir() if p.is_file()))}")
+    return 0
 
 
 def _overrides(args) -> dict:

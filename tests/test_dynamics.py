@@ -157,3 +157,35 @@ def test_recording_leaves_training_bitwise_unchanged_and_resume_continues_the_se
     _train(twin, cifar10_root, dynamics=True, resume=True)
     resumed = pd.read_csv(twin / "dynamics.csv")
     pd.testing.assert_frame_equal(resumed, full)
+
+
+def test_analyze_draws_the_figures_and_a_summary_from_recorded_runs(cifar10_root, tmp_path):
+    from bionas.cli import main
+
+    _train(tmp_path / "a", cifar10_root, dynamics=True)
+    _train(tmp_path / "b", cifar10_root, dynamics=True)
+    assert main(["analyze", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "fig"),
+                 "--labels", "first", "second"]) == 0
+    for name in ("gradient_variance.png", "weight_histograms.png", "alignment.png"):
+        assert (tmp_path / "fig" / name).stat().st_size > 10_000, name
+    summary = pd.read_csv(tmp_path / "fig" / "summary.csv")
+    assert set(summary["run"]) == {"first", "second"} and {"all", "brsf", "bp"} <= set(summary["rule"])
+    row = summary[(summary.run == "first") & (summary.rule == "all")].iloc[0]
+    assert row["grad_variance_per_weight_mean"] > 0 and 0 < row["input_error_angle_median_last_epoch"] < 180
+    # the same runs give the same numbers (the two runs are identical trainings)
+    first, second = (summary[summary.run == r].drop(columns="run").reset_index(drop=True) for r in ("first", "second"))
+    pd.testing.assert_frame_equal(first, second)
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda d: None, "is not a run folder"),
+    (lambda d: d.mkdir(), "has no dynamics.csv; rerun it with --dynamics"),
+    (lambda d: (d.mkdir(), (d / "dynamics.csv").write_text("a,b\n1,2\n")), "lacks the columns"),
+])
+def test_analyze_refuses_what_is_not_a_recorded_run(tmp_path, capsys, make, message):
+    from bionas.cli import main
+
+    make(tmp_path / "run")
+    assert main(["analyze", str(tmp_path / "run"), "--out", str(tmp_path / "fig")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
