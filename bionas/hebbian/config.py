@@ -53,6 +53,9 @@ class HebbianConfig:
                                 choices=("float16", "bfloat16", "float32"))
     eval_batch_size: int = option(500, "feature-extraction and test batch", ge=1)
     seed: int = option(0, "random seed", flag="--seed")
+    dynamics: bool = option(False, "record weight statistics (and for learning: backprop the gradient statistics "
+                            "and alignment) in dynamics.csv; read by bionas analyze", flag="--dynamics")
+    dynamics_every: int = option(50, "dynamics: gradient window and alignment interval, in steps", ge=2)
     device: str = option("auto", "auto (cuda if available), cpu, cuda, cuda:N", flag="--device")
     out: str = option("runs/hebbian", "output directory", flag="--out")
     progress: bool = option(True, "progress bars")

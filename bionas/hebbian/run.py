@@ -109,8 +109,13 @@ def moved_filters(initial: dict[str, Tensor], net: HebbianCNN, min_angle_deg: fl
     return fractions
 
 
-def hebbian_phase(net: HebbianCNN, x: Tensor, config: HebbianConfig, device: torch.device) -> None:
-    """Phase 1: every convolution learns by its local rule over ``hebbian_epochs`` passes."""
+def hebbian_phase(net: HebbianCNN, x: Tensor, config: HebbianConfig, device: torch.device,
+                  recorder=None, out: Path | None = None) -> None:
+    """Phase 1: every convolution learns by its local rule over ``hebbian_epochs`` passes;
+    ``recorder`` records the weight statistics (and the share of filters moved) after each pass
+    into ``out`` (the local phase has no gradients to record)."""
+    if recorder is not None:
+        recorder.end_epoch(0, 0)
     gen = torch.Generator().manual_seed(config.seed)
     net.train()
     for epoch in range(config.hebbian_epochs):
@@ -125,6 +130,9 @@ def hebbian_phase(net: HebbianCNN, x: Tensor, config: HebbianConfig, device: tor
             if not torch.isfinite(layer.weight).all():
                 raise TrainingDiverged(f"the hebbian weights of {name} became non-finite in epoch {epoch + 1}; "
                                        f"lower the layer's lr in the preset (--set layers=...) and rerun")
+        if recorder is not None:
+            recorder.end_epoch(epoch + 1, (epoch + 1) * -(-len(x) // config.hebbian_batch_size))
+            recorder.flush(out)
 
 
 @torch.no_grad()
@@ -186,13 +194,16 @@ def train_readout(net: HebbianCNN, features: tuple[Tensor, Tensor], labels: tupl
 
 
 def train_backprop(net: HebbianCNN, x: tuple[Tensor, Tensor], y: tuple[Tensor, Tensor], config: HebbianConfig,
-                   device: torch.device, state_path: Path | None = None, resume: bool = False) -> list[dict]:
+                   device: torch.device, state_path: Path | None = None, resume: bool = False,
+                   recorder=None) -> list[dict]:
     """The same network end to end by Adam (the paper's backprop comparison).
 
     With ``state_path`` the network, optimiser, shuffling generator and history are saved there
     (the engine's checkpoint, atomically) after every epoch; ``resume`` continues from it, bit for
     bit as if never stopped, also to a larger ``backprop_epochs`` than the saved run was started
     with. Each history row records the epoch's ``seconds`` (training and test evaluation).
+    ``recorder`` (a :class:`bionas.dynamics.DynamicsRecorder`) records the steps and writes its
+    rows beside ``state_path`` before each checkpoint.
     """
     (x_train, x_test), (y_train, y_test) = x, y
     optimizer = torch.optim.Adam(net.parameters(), lr=config.backprop_lr)
@@ -209,6 +220,12 @@ def train_backprop(net: HebbianCNN, x: tuple[Tensor, Tensor], y: tuple[Tensor, T
         restore_random_state(state["random_state"], device)  # dropout draws from the global generators
         history = list(state["history"])
         log.info("resumed: backprop state after epoch %d loaded from %s", len(history), state_path)
+    steps = -(-len(x_train) // config.classifier_batch_size)
+    if recorder is not None:
+        if history:
+            recorder.resume(state_path.parent, len(history))
+        else:
+            recorder.end_epoch(0, 0)
     for epoch in range(len(history), config.backprop_epochs):
         epoch_start = time.perf_counter()
         loss_sum, correct = 0.0, 0
@@ -217,8 +234,8 @@ def train_backprop(net: HebbianCNN, x: tuple[Tensor, Tensor], y: tuple[Tensor, T
         for i, idx in enumerate(_batches(len(x_train), config.classifier_batch_size, gen)):
             batch = x_train[idx].to(device)
             value, logits = train_step(net, optimizer, _flip(batch, gen) if config.flip else batch,
-                                       y_train[idx].to(device), i, what="backprop",
-                                       fix=f"(epoch {epoch + 1}) lower --set backprop_lr=...")
+                                       y_train[idx].to(device), epoch * steps + i, what="backprop",
+                                       fix=f"(epoch {epoch + 1}) lower --set backprop_lr=...", recorder=recorder)
             loss_sum += value * len(idx)
             correct += int((logits.detach().argmax(1).cpu() == y_train[idx]).sum())
             bar.update(1)
@@ -230,6 +247,9 @@ def train_backprop(net: HebbianCNN, x: tuple[Tensor, Tensor], y: tuple[Tensor, T
                         "seconds": time.perf_counter() - epoch_start})
         log.info("backprop epoch %d/%d: train acc %.4f, test acc %.4f (%.0f s)", epoch + 1, config.backprop_epochs,
                  history[-1]["train_acc"], test_acc, history[-1]["seconds"])
+        if recorder is not None:
+            recorder.end_epoch(epoch + 1, (epoch + 1) * steps)
+            recorder.flush(state_path.parent)
         if state_path is not None:
             save_checkpoint(state_path, CHECKPOINT_KIND, config, epoch + 1, history, device, phase="backprop",
                             model=net.state_dict(), optimizer=optimizer.state_dict(), generator=gen.get_state())
@@ -294,6 +314,12 @@ def run_hebbian(config: HebbianConfig, resume: bool = False) -> HebbianResult:
     log.info("%s (%s): %d training and %d test images, %d features, device %s", config.preset, config.learning,
              len(train), len(test), net.feature_dim, device)
     timings, extra, earlier = {}, {}, 0.0  # earlier: seconds spent by the invocations this one resumes
+    recorder = None
+    if config.dynamics:
+        from bionas.dynamics import DynamicsRecorder
+
+        last = config.backprop_epochs if config.learning == "backprop" else config.hebbian_epochs
+        recorder = DynamicsRecorder(net, config.dynamics_every, last_epoch=last)
     if config.learning in ("hebbian", "none"):
         if config.learning == "none":
             log.info("learning none: the convolutions keep their random initialisation (a control)")
@@ -306,7 +332,7 @@ def run_hebbian(config: HebbianConfig, resume: bool = False) -> HebbianResult:
                 log.info("resumed: hebbian layers loaded from %s", saved)
             else:
                 start = time.perf_counter()
-                hebbian_phase(net, x_train, config, device)
+                hebbian_phase(net, x_train, config, device, recorder, out)
                 timings["hebbian_seconds"] = time.perf_counter() - start
                 save_checkpoint(saved, CHECKPOINT_KIND, config, config.hebbian_epochs, [], device, phase="hebbian",
                                 model=net.blocks.state_dict(), hebbian_seconds=timings["hebbian_seconds"])
@@ -323,7 +349,7 @@ def run_hebbian(config: HebbianConfig, resume: bool = False) -> HebbianResult:
     else:
         start = time.perf_counter()
         history = train_backprop(net, (x_train, x_test), (train.labels, test.labels), config, device,
-                                 state_path=saved, resume=resume)
+                                 state_path=saved, resume=resume, recorder=recorder)
         this_call = time.perf_counter() - start
         # earlier epochs' time: the finished run's record, else the resumed rows' own seconds
         done_before = math.fsum(r["seconds"] for r in history) - this_call
