@@ -65,7 +65,10 @@ def test_sign_concordant_hidden_updates_descend(trained, cifar10_small, rule):
     x, y = next(iter(BatchLoader(cifar10_small[0], 500, seed=1)))
     model = trained[rule]["model"]
     model.eval()  # fixed brSF draw and batch-norm statistics for both gradients
-    assert hidden_update_cosine(model, x, y) > 0.2
+    # measured (1 and 2 threads): usf 0.66 / 0.53, brsf 0.18 / 0.23, frsf 0.42 / 0.47; a direction
+    # unrelated to the gradient has |cos| ~ 1 / sqrt(weights) < 0.01 here. 0.1 says "descends"
+    # with margin whatever the thread count (brSF's redrawn magnitudes make it the noisiest)
+    assert hidden_update_cosine(model, x, y) > 0.1
 
 
 def test_bp_hidden_updates_are_the_true_gradient(trained, cifar10_small):
