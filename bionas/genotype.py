@@ -141,18 +141,27 @@ def _edges_from_flat(pairs, cell: str) -> tuple[Edge, ...]:
     return tuple(out)
 
 
+MAX_LITERAL_ITEMS = 10_000  # a genotype's lists hold a few dozen entries
+
+
 def _literal(node: ast.expr, what: str):
-    """A literal value, or ``range(a, b)`` expanded to a list; anything else is refused."""
+    """A literal value, or ``range(a, b)`` expanded to a list; anything else is refused, and so
+    is a ``range`` longer than ``MAX_LITERAL_ITEMS`` (checked before it is expanded)."""
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range" \
             and not node.keywords and 1 <= len(node.args) <= 2:
         bounds = [_literal(a, what) for a in node.args]
-        if not all(isinstance(b, int) for b in bounds):
+        if not all(isinstance(b, int) and not isinstance(b, bool) for b in bounds):
             raise GenotypeError(f"{what}: range() takes integer literals")
+        if len(range(*bounds)) > MAX_LITERAL_ITEMS:
+            raise GenotypeError(f"{what}: range{tuple(bounds)} has {len(range(*bounds))} items; a cell has a "
+                                f"few nodes")
         return list(range(*bounds))
+    if len(ast.dump(node)) > 100 * MAX_LITERAL_ITEMS:
+        raise GenotypeError(f"{what} is far too long for a genotype")
     try:
         return ast.literal_eval(node)
-    except ValueError:
-        raise GenotypeError(f"{what} must be a literal, got {ast.unparse(node)!r}") from None
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        raise GenotypeError(f"{what} must be a literal, got {ast.unparse(node)[:80]!r}") from None
 
 
 def parse_darts_literal(text: str, space: str = "") -> Genotype:
@@ -185,19 +194,22 @@ def parse_darts_literal(text: str, space: str = "") -> Genotype:
 def load_genotype(path: str | Path, space=None) -> Genotype:
     """Read a JSON genotype or a file holding a DARTS ``Genotype(...)`` literal; validate it
     (against ``space`` when given)."""
+    from bionas.io import read_text_file
+
     path = Path(path)
-    if not path.is_file():
-        raise GenotypeError(f"genotype file {path} does not exist")
-    text = path.read_text()
-    if text.lstrip().startswith("{"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise GenotypeError(f"{path} is not valid JSON: {err.msg} at line {err.lineno}") from None
-        genotype = Genotype.from_dict(data)
-    else:
-        genotype = parse_darts_literal(text, space=space.name if space is not None else "")
     try:
+        text = read_text_file(path, "genotype", "genotype.json or a DARTS Genotype(...) literal")
+    except ConfigError as err:
+        raise GenotypeError(str(err)) from None
+    try:
+        if text.lstrip().startswith("{"):
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise GenotypeError(f"not valid JSON: {err.msg} at line {err.lineno}") from None
+            genotype = Genotype.from_dict(data)
+        else:
+            genotype = parse_darts_literal(text, space=space.name if space is not None else "")
         return genotype.validate(space)
     except GenotypeError as err:
         raise GenotypeError(f"{path}: {err}") from None

@@ -72,3 +72,27 @@ def check_output_dir(out: str | Path) -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"--out {out} cannot be written: no permission in {existing}; choose another --out")
     return out
+
+
+MAX_TEXT_BYTES = 10 * 2**20  # genotypes, spaces and configs are a few kB
+
+
+def read_text_file(path: str | Path, what: str, expected: str) -> str:
+    """The UTF-8 text of ``path``, or a one-line :class:`~bionas.errors.ConfigError` naming the
+    file and ``what`` it should have been (e.g. a checkpoint passed where a genotype goes)."""
+    from bionas.errors import ConfigError
+
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a directory; give the {expected} inside it")
+    if not path.is_file():
+        raise ConfigError(f"{what} file {path} does not exist")
+    if path.stat().st_size > MAX_TEXT_BYTES:
+        raise ConfigError(f"{what} file {path} is {path.stat().st_size / 2**20:.0f} MB, not a {expected}")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        hint = " (it looks like a torch checkpoint)" if data[:2] == b"PK" or data[:1] == b"\x80" else ""
+        raise ConfigError(f"{what} file {path} is not UTF-8 text{hint}; give a {expected}") from None
+

@@ -28,6 +28,7 @@ import yaml
 from bionas import ops, rules
 from bionas.candidate import Candidate
 from bionas.errors import ConfigError, UnknownNameError
+from bionas.io import read_text_file
 
 
 def spaces_dir() -> Path:
@@ -177,7 +178,7 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
     """Load ``search_spaces/<name>.yaml`` or a YAML file path, validated."""
     path = resolve_space_path(name_or_path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(read_text_file(path, "search space", "search-space YAML file"))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
     return space_from_dict(data, source=str(path))

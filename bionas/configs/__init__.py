@@ -12,11 +12,12 @@ CONFIG_DIR = Path(__file__).resolve().parent
 
 def load_yaml_mapping(path: str | Path, what: str) -> dict:
     """Parse a YAML file that must hold a mapping; one-line errors name the file."""
+    from bionas.io import read_text_file
+
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{what} file {path} does not exist")
+    text = read_text_file(path, what, "YAML file of options")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
     if data is None:

@@ -264,9 +264,11 @@ def run_train(config: TrainConfig, resume: bool = False, overrides: dict | None 
     if state is not None:
         config = dataclasses.replace(resumed_config(state, overrides), out=config.out, progress=config.progress,
                                      device=config.device, workers=config.workers)
-    else:  # record the dataset "auto" stands for, so that config.yaml repeats this very run
+    else:  # a bad genotype fails at once, before the dataset is even looked for
+        training_genotype(config)
+        # record the dataset "auto" stands for, so that config.yaml repeats this very run
         config = dataclasses.replace(config, dataset=resolve_dataset_name(config.dataset, config.data_dir))
-    genotype = training_genotype(config)  # before loading data: a bad genotype fails at once
+    genotype = training_genotype(config)
     distributed.setup(context, device_for(config, context))
     try:
         return _run(config, context, genotype, out, state, on_epoch_end)

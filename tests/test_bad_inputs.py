@@ -1,0 +1,66 @@
+"""A corpus of bad inputs, per family and command: each is exit status 2, one error line that
+names the offending file or option, no traceback, and nothing new in ``--out``."""
+from pathlib import Path
+
+import pytest
+
+from bionas.cli import main
+
+
+def _binary(tmp: Path) -> Path:
+    path = tmp / "checkpoint.pt"
+    path.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 4)  # what torch.save writes: a zip archive
+    return path
+
+
+def _text(tmp: Path, name: str, text: str) -> Path:
+    path = tmp / name
+    path.write_text(text)
+    return path
+
+
+CASES = [
+    # family 1: values of the wrong type, from flags and --set
+    ("types", lambda t: ["search", "--set", "lr=abc"], "lr must be a number"),
+    ("types", lambda t: ["train", "--genotype", "darts_v2", "--set", "momentum=nan"], "momentum must be a finite"),
+    ("types", lambda t: ["hebbian", "--set", "seed=1.5"], "seed must be an integer"),
+    ("types", lambda t: ["attack", "--checkpoint", "x.pt", "--set", "eps=abc"], "eps must be a number"),
+    ("types", lambda t: ["search", "--device", "gpu"], "unknown device 'gpu'"),
+    # family 2: unreadable files where text is expected, literals that expand without bound
+    ("files", lambda t: ["train", "--genotype", str(_binary(t))], "checkpoint.pt is not UTF-8 text"),
+    ("files", lambda t: ["train", "--genotype", str(t)], "is a directory; give the genotype.json"),
+    ("files", lambda t: ["search", "--space", str(_binary(t))], "checkpoint.pt is not UTF-8 text"),
+    ("files", lambda t: ["search", "--config", str(_binary(t))], "checkpoint.pt is not UTF-8 text"),
+    ("files", lambda t: ["train", "--config", str(_binary(t)), "--genotype", "darts_v2"], "is not UTF-8 text"),
+    ("files", lambda t: ["hebbian", "--config", str(_binary(t))], "is not UTF-8 text"),
+    ("files", lambda t: ["train", "--genotype", str(_text(t, "g.txt", "Genotype(normal={[2]: 1}, normal_concat=[2], "
+                                                                   "reduce=[], reduce_concat=[2])"))],
+     "g.txt: normal must be a literal"),
+    ("files", lambda t: ["train", "--genotype", str(_text(t, "g.txt", "Genotype(normal=[], normal_concat="
+                                                                   "range(2, 10000000000), reduce=[], "
+                                                                   "reduce_concat=[2])"))],
+     "g.txt: normal_concat: range(2, 10000000000) has 9999999998 items"),
+    ("files", lambda t: ["train", "--genotype", str(_text(t, "g.json", "{not json"))], "g.json: not valid JSON"),
+    ("files", lambda t: ["search", "--space", str(_text(t, "s.yaml", "candidates: [unclosed"))], "is not valid YAML"),
+    ("files", lambda t: ["analyze", str(_binary(t).parent / "nothing_here")], "is not a run folder"),
+    # family 5: an --out that cannot be written, found before any work
+    ("out", lambda t: ["search", "--out", str(_text(t, "a_file", ""))], "a_file"),
+    ("out", lambda t: ["train", "--genotype", "darts_v2", "--out", str(_text(t, "a_file", ""))], "a_file"),
+]
+
+
+@pytest.mark.parametrize("family,argv,message", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_bad_input_is_one_line_naming_it(family, argv, message, tmp_path, capsys):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    args = argv(inputs)
+    out = tmp_path / "out"
+    if "--out" not in args and args[0] != "analyze":
+        args += ["--out", str(out)]
+    elif args[0] == "analyze":
+        args += ["--out", str(out)]
+    assert main(args) == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("WARNING")]
+    assert len(err) == 1 and err[0].startswith("bionas: error: ") and message in err[0], err
+    assert "Traceback" not in err[0]
+    assert not out.exists() or not any(out.iterdir())
