@@ -97,7 +97,7 @@ def _analyze(args) -> int:
     from bionas.io import check_output_dir
 
     out = analyze(args.runs, check_output_dir(args.out), args.labels)
-    print(f"wrote {out}/: {', '.join(sorted(p.name for p in out.iterdir() if p.is_file()))}")
+    print(f"wrote {out}/: {', '.join(_listing(out))}")
     return 0
 
 
@@ -126,8 +126,13 @@ def _run(args) -> int:
         result = run(config, resume=True) if getattr(args, "resume", False) else run(config)
     if result.summary():  # empty on the ranks of a data-parallel run other than 0
         print(result.summary())
-        print(f"wrote {result.out}/: {', '.join(sorted(p.name for p in result.out.iterdir() if p.is_file()))}")
+        print(f"wrote {result.out}/: {', '.join(_listing(result.out))}")
     return 0
+
+
+def _listing(out) -> list[str]:
+    """The files of a run folder, without hidden ones (temporaries of interrupted writes)."""
+    return sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
 def _list_rules(args) -> int:
@@ -150,6 +155,15 @@ def _list_ops(args) -> int:
     return 0
 
 
+def _default_out(command: str) -> str | None:
+    """The ``out`` default of a run command's config (None for the other commands)."""
+    if command not in COMMANDS:
+        return None
+    module, cls = COMMANDS[command][:2]
+    fields = {f.name: f for f in dataclasses.fields(getattr(importlib.import_module(module), cls))}
+    return fields["out"].default if "out" in fields else None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.INFO
@@ -162,6 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     except BionasError as err:
         print(f"bionas: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        out = getattr(args, "opt_out", None) or getattr(args, "out", None) or _default_out(args.command)
+        kept = out is not None and os.path.isfile(os.path.join(out, "checkpoint.pt"))
+        where = (f"the last checkpoint in {out} is kept; continue with the same command and --resume" if kept
+                 else "nothing to resume")
+        print(f"bionas: interrupted; {where}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

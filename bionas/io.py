@@ -14,13 +14,27 @@ from pathlib import Path
 from typing import IO, Any, Iterator
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+TEMPORARY_GLOB = ".*.tmp"  # the temporary siblings atomic_open writes
+
+
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
-    """Open a temporary sibling of ``path`` for writing; on success it replaces ``path``."""
+    """Open a temporary sibling of ``path`` for writing; on success it replaces ``path``.
+
+    The file ends with the permissions a plain ``open`` would give it (0666 less the umask;
+    ``mkstemp`` alone would leave 0600). A process killed mid-write leaves the temporary
+    sibling behind; :func:`remove_stale_temporaries` clears them when a run (re)starts."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
@@ -71,7 +85,18 @@ def check_output_dir(out: str | Path) -> Path:
         raise ConfigError(f"--out {out} cannot be created: {existing} is a file; choose another --out")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"--out {out} cannot be written: no permission in {existing}; choose another --out")
+    remove_stale_temporaries(out)
     return out
+
+
+def remove_stale_temporaries(out: str | Path) -> list[Path]:
+    """Delete what killed writes left in ``out`` (``.NAME.XXXX.tmp``); returns what was removed.
+    Called where every command starts (:func:`check_output_dir`), before anything writes."""
+    out = Path(out)
+    removed = [p for p in out.glob(TEMPORARY_GLOB) if p.is_file()] if out.is_dir() else []
+    for p in removed:
+        p.unlink(missing_ok=True)
+    return removed
 
 
 MAX_TEXT_BYTES = 10 * 2**20  # genotypes, spaces and configs are a few kB

@@ -64,3 +64,37 @@ def test_bad_input_is_one_line_naming_it(family, argv, message, tmp_path, capsys
     assert len(err) == 1 and err[0].startswith("bionas: error: ") and message in err[0], err
     assert "Traceback" not in err[0]
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_stale_temporaries_are_removed_and_files_follow_the_umask(tmp_path):
+    import os
+
+    from bionas.io import atomic_open, check_output_dir
+
+    stale = tmp_path / ".checkpoint.pt.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    keep = tmp_path / "notes.tmp"  # not hidden: not ours
+    keep.write_text("x")
+    check_output_dir(tmp_path)
+    assert not stale.exists() and keep.exists()
+    old = os.umask(0o022)
+    try:
+        with atomic_open(tmp_path / "results.json") as fh:
+            fh.write("{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "results.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_ctrl_c_is_one_line_and_status_130(tmp_path, capsys, monkeypatch):
+    import bionas.search as search_run
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(search_run, "run_search", interrupted)
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    assert main(["search", "--out", str(tmp_path)]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"bionas: interrupted; the last checkpoint in {tmp_path} is kept; continue with the same "
+                   f"command and --resume"]
