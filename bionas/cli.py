@@ -19,7 +19,7 @@ import typing
 
 from bionas import __version__
 from bionas.configs.options import choices_of, parse_assignment, resolve, split_optional
-from bionas.errors import BionasError
+from bionas.errors import BionasError, ConfigError
 
 # command: (module, config class, run function, default preset, help, extra flags: flag -> (option key, argparse kw))
 COMMANDS = {
@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
         if "resume" in inspect.signature(getattr(module, run)).parameters:
             p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.add_argument("--threads", type=int, metavar="N",
+                       help="CPU threads for torch (default: torch's, or OMP_NUM_THREADS; on a busy machine "
+                            "1 is often much faster)")
     for name, handler, text in (("rules", _list_rules, "list the learning rules"), ("ops", _list_ops, "list the ops")):
         sub.add_parser(name, help=text).set_defaults(handler=handler)
     text = "learning-dynamics figures (gradient variance, weight histograms, alignment) of runs made with --dynamics"
@@ -112,6 +115,12 @@ def _overrides(args) -> dict:
 
 
 def _run(args) -> int:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     module, cls, run, _, _, _ = COMMANDS[args.command]
     module = importlib.import_module(module)
     config_type, run = getattr(module, cls), getattr(module, run)

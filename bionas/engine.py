@@ -140,6 +140,23 @@ def preserved_batchnorm_statistics(model: nn.Module) -> Iterator[None]:
                 buf.copy_(copy)
 
 
+class Heartbeat:
+    """A log line every ``seconds`` while a loop runs without a progress bar (stderr redirected,
+    ``--no-progress``), so that a long epoch is not silent."""
+
+    def __init__(self, logger, enabled: bool, seconds: float = 60.0):
+        import time
+
+        self.logger, self.enabled, self.seconds = logger, enabled, seconds
+        self._clock = time.perf_counter
+        self._last = self._clock()
+
+    def beat(self, message: Callable[[], str]) -> None:
+        if self.enabled and self._clock() - self._last >= self.seconds:
+            self.logger.info("%s", message())
+            self._last = self._clock()
+
+
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
     """The share of rows of ``logits`` (B, classes) whose argmax is the label ``y`` (B,)."""
     return float((logits.detach().argmax(1) == y).float().mean())

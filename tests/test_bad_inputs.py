@@ -98,3 +98,20 @@ def test_ctrl_c_is_one_line_and_status_130(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"bionas: interrupted; the last checkpoint in {tmp_path} is kept; continue with the same "
                    f"command and --resume"]
+
+
+def test_threads_flag_is_checked_and_applied(tmp_path, capsys, monkeypatch):
+    import torch
+
+    import bionas.search as search
+
+    seen = {}
+    monkeypatch.setattr(search, "run_search", lambda config, **kw: seen.setdefault("threads", torch.get_num_threads())
+                        and (_ for _ in ()).throw(KeyboardInterrupt))
+    before = torch.get_num_threads()
+    try:
+        assert main(["search", "--threads", "1", "--out", str(tmp_path)]) == 130 and seen["threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+    assert main(["search", "--threads", "0", "--out", str(tmp_path)]) == 2
+    assert "--threads must be at least 1" in capsys.readouterr().err

@@ -86,3 +86,18 @@ def test_an_unusable_output_folder_is_refused_before_any_work(tmp_path, capsys):
             assert main(argv + ["--out", str(out)]) == 2
             err = capsys.readouterr().err.strip()
             assert err.startswith("bionas: error: --out") and message in err and "\n" not in err, (argv, err)
+
+
+def test_heartbeat_logs_only_without_a_bar_and_at_most_once_per_interval(caplog):
+    import logging
+
+    from bionas.engine import Heartbeat
+
+    logger = logging.getLogger("bionas.test_heartbeat")
+    with caplog.at_level(logging.INFO, logger="bionas.test_heartbeat"):
+        Heartbeat(logger, enabled=False, seconds=0).beat(lambda: "with a bar")
+        every = Heartbeat(logger, enabled=True, seconds=0)
+        every.beat(lambda: "one")
+        every.beat(lambda: "two")
+        Heartbeat(logger, enabled=True, seconds=3600).beat(lambda: "too soon")
+    assert [r.getMessage() for r in caplog.records] == ["one", "two"]

@@ -38,7 +38,7 @@ import yaml
 import bionas
 from bionas import distributed
 from bionas.data import TRAIN_AUGMENTATION, BatchLoader, BatchStream, load_dataset, resolve_dataset_name, search_split
-from bionas.engine import checkpoint_to_resume, resolve_device, restore_random_state, save_checkpoint
+from bionas.engine import Heartbeat, checkpoint_to_resume, resolve_device, restore_random_state, save_checkpoint
 from bionas.errors import ConfigError
 from bionas.io import atomic_open, check_output_dir, save_csv, save_json
 from bionas.configs.options import check, check_resume
@@ -245,12 +245,15 @@ def _run_epoch(search: _Search) -> None:
     sums: dict[str, float] = {}
     bar = tqdm(range(search.steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", leave=False,
                disable=None if config.progress and search.context.main else True)
+    heartbeat = Heartbeat(log, bar.disable and search.context.main)
     for i in bar:
         step = search.epoch * search.steps_per_epoch + i
         metrics = strategy.step(next(search.train_stream), next(search.val_stream), step)
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + v
         bar.set_postfix({k: f"{v / (i + 1):.3f}" for k, v in sums.items()})
+        heartbeat.beat(lambda: f"epoch {epoch}: step {i + 1}/{search.steps_per_epoch}, "
+                               + ", ".join(f"{k} {v / (i + 1):.3f}" for k, v in sums.items()))
     bar.close()
     strategy.end_epoch()
     search.epoch = epoch

@@ -40,7 +40,7 @@ from bionas import rules
 from bionas.configs.options import check_resume
 from bionas.data import (STREAMED_DATASETS, TRAIN_AUGMENTATION, BatchLoader, load_dataset, resolve_data_dir,
                          resolve_dataset_name)
-from bionas.engine import checkpoint_to_resume, restore_random_state, save_checkpoint, train_step
+from bionas.engine import Heartbeat, checkpoint_to_resume, restore_random_state, save_checkpoint, train_step
 from bionas.errors import ConfigError
 from bionas.io import atomic_open, check_output_dir, save_csv, save_figure, save_json
 from bionas.genotype import Genotype
@@ -207,6 +207,7 @@ class _Training:
         bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{config.epochs}", leave=False,
                    disable=None if config.progress and self.context.main else True)
         start = time.perf_counter()
+        heartbeat = Heartbeat(log, bar.disable and self.context.main)
         for i, (x, y) in enumerate(self.train_loader):
             if i == self.steps_per_epoch:
                 break
@@ -220,6 +221,8 @@ class _Training:
             sums += torch.tensor([value * len(y), correct, len(y)], dtype=torch.float64)
             bar.update(1)
             bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", acc=f"{sums[1] / sums[2]:.3f}", lr=f"{lr:.4g}")
+            heartbeat.beat(lambda: f"epoch {self.epoch + 1}: step {i + 1}/{self.steps_per_epoch}, "
+                                   f"train loss {float(sums[0] / sums[2]):.3f}")
         bar.close()
         loss_sum, correct, n = distributed.all_reduce_sum(sums.tolist(), self.device, self.context)
         return {"epoch": self.epoch + 1, "lr": lr, "drop_path": drop, "train_loss": loss_sum / n,
