@@ -175,3 +175,40 @@ def test_a_test_split_whose_class_folders_differ_from_training_is_refused(cifar1
     assert len(load_dataset("cifar10", tmp_path, "train")) == 20  # the training split alone is fine
     with pytest.raises(DataError, match=r"only in train: airplane; only in test: zebra\); name the test split"):
         load_dataset("cifar10", tmp_path, "test")
+
+
+def _copy_cifar_subset(src, dst, per_class: int = 2):
+    """A real CIFAR-10 ImageFolder of ``per_class`` JPEGs per class and split."""
+    import shutil
+
+    for split in ("train", "test"):
+        for cls in sorted(p.name for p in (src / split).iterdir() if p.is_dir()):
+            (dst / split / cls).mkdir(parents=True)
+            for f in sorted((src / split / cls).iterdir())[:per_class]:
+                shutil.copy(f, dst / split / cls / f.name)
+    return dst
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda f: f.write_bytes(b"this is not an image"), "is not a readable image"),
+    (lambda f: f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2]), "is not a readable image"),
+])
+def test_a_bad_or_truncated_image_stops_the_load_naming_the_file(cifar10_root, tmp_path, damage, message):
+    root = _copy_cifar_subset(cifar10_root, tmp_path / "data")
+    victim = sorted((root / "train" / "cat").iterdir())[0]
+    damage(victim)
+    with pytest.raises(DataError, match=message) as err:
+        load_dataset("cifar10", root, "train")
+    assert str(victim) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_cifar_pickle_rows_of_the_wrong_length_are_named(tmp_path):
+    folder = write_cifar10_pickles(tmp_path)
+    with open(folder / "data_batch_3", "wb") as fh:
+        pickle.dump({"data": np.zeros((4, 3000), dtype=np.uint8), "labels": [0, 1, 2, 3]}, fh)
+    with pytest.raises(DataError, match=r"data_batch_3: 'data' is \(4, 3000\), cifar10 rows hold 3072 bytes"):
+        load_dataset("cifar10", tmp_path, "train")
+    with open(folder / "data_batch_3", "wb") as fh:
+        pickle.dump({"data": np.zeros((4, 3072), dtype=np.uint8), "labels": [0, 1]}, fh)
+    with pytest.raises(DataError, match="data_batch_3: 2 labels for 4 images"):
+        load_dataset("cifar10", tmp_path, "train")

@@ -126,3 +126,16 @@ def test_imagenet_training_runs_end_to_end_on_a_tiny_image_folder(tmp_path):
     assert len(result.history) == 1 and 0.0 <= result.test_acc <= 1.0
     trained = load_trained(tmp_path / "run" / "checkpoint.pt")
     assert isinstance(trained.model, NetworkImageNet) and trained.data.num_classes == 2
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_bad_image_in_a_streamed_split_is_one_line_naming_it(tmp_path, workers):
+    from bionas.data.imagenet import ImageFolderLoader
+
+    write_image_folder(tmp_path)
+    victim = tmp_path / "train" / "n02" / "3.JPEG"
+    victim.write_bytes(victim.read_bytes()[:100])  # truncated
+    loader = ImageFolderLoader(tmp_path, "train", 4, train=True, seed=1, image_size=32, workers=workers)
+    with pytest.raises(DataError, match="is not a readable image") as err:
+        list(loader)
+    assert str(victim) in str(err.value) and "\n" not in str(err.value)

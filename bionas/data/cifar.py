@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from bionas.data.arrays import ImageArrays, balanced_subset, check_same_classes
 from bionas.errors import DataError
@@ -64,8 +64,14 @@ def _read_pickles(name: str, folder: Path, files: list[str]) -> tuple[np.ndarray
                 raise DataError(f"{path} is not a readable CIFAR pickle ({err})") from None
         if "data" not in batch or label_key not in batch:
             raise DataError(f"{path} lacks 'data' or '{label_key}'; is it a {name} batch?")
-        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(batch[label_key], dtype=np.int64))
+        data = np.asarray(batch["data"], dtype=np.uint8)
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise DataError(f"{path}: 'data' is {data.shape}, {name} rows hold 3072 bytes (3 x 32 x 32)")
+        batch_labels = np.asarray(batch[label_key], dtype=np.int64)
+        if len(batch_labels) != len(data):
+            raise DataError(f"{path}: {len(batch_labels)} labels for {len(data)} images")
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.append(batch_labels)
     meta_file = folder / ("batches.meta" if name == "cifar10" else "meta")
     classes = [str(i) for i in range(SPECS[name][4])]
     if meta_file.is_file():
@@ -87,8 +93,14 @@ def _folder_files(split_dir: Path) -> tuple[list[str], list[list[Path]]]:
 
 
 def _decode(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("RGB"))
+    """One image as (32, 32, 3) uint8. A file that is not an image, or is truncated, stops the
+    load at once naming it (the policy of every loader: a dataset is read whole or not at all)."""
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as err:
+        raise DataError(f"{path} is not a readable image ({str(err).splitlines()[0][:80]}); remove or replace "
+                        f"it") from None
     if arr.shape != (32, 32, 3):
         raise DataError(f"{path} is {arr.shape[1]}x{arr.shape[0]}, CIFAR images are 32x32")
     return arr

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+from PIL import UnidentifiedImageError
 from torch import Tensor
 
 from bionas.data.arrays import balanced_subset, check_same_classes
@@ -63,7 +64,12 @@ class _Transformed(torch.utils.data.Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int):
-        image, label = self.folder[self.indices[i]]
+        try:
+            image, label = self.folder[self.indices[i]]
+        except (UnidentifiedImageError, OSError) as err:  # streamed: found when the batch is read
+            path = self.folder.samples[self.indices[i]][0]
+            raise DataError(f"{path} is not a readable image ({str(err).splitlines()[0][:80]}); remove or "
+                            f"replace it, then continue with --resume") from None
         return self.tf(image), label
 
 
@@ -109,7 +115,14 @@ class ImageFolderLoader:
                                              num_workers=self.workers, generator=generator,
                                              pin_memory=self.device.type == "cuda",
                                              persistent_workers=False)
-        for x, y in loader:
+        batches = iter(loader)
+        while True:
+            try:
+                x, y = next(batches)
+            except StopIteration:
+                return
+            except DataError as err:  # from a worker: its message comes wrapped in the worker's traceback
+                raise DataError(str(err).strip().splitlines()[-1].split("DataError: ", 1)[-1]) from None
             yield (x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format),
                    y.to(self.device, non_blocking=True))
 
