@@ -247,6 +247,8 @@ def checkpoint_to_resume(out: str | Path, resume: bool, kind: str, what: str, fi
         if not path.is_file():
             raise ConfigError(f"nothing to resume: {path} does not exist (run without --resume to start)")
         return load_checkpoint(path, kind)
-    if path.exists() or (out / finished).exists():
-        raise ConfigError(f"{out} already holds a {what}; pass --resume to continue it or choose another --out")
+    found = [name for name in ("checkpoint.pt", finished) if (out / name).exists()]
+    if found:
+        raise ConfigError(f"{out} already holds a run ({', '.join(found)}); choose another --out, or pass --resume "
+                          f"to continue it if it is an unfinished {what}")
     return None

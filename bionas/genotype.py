@@ -60,6 +60,9 @@ class Genotype:
     def validate(self, space=None) -> "Genotype":
         """Structural checks, and with a :class:`~bionas.space.SearchSpace` also that every
         (op, rule) is one of its candidates and the node count matches. Returns ``self``."""
+        from bionas.ops import has_weights
+        from bionas.space import check_pair
+
         nodes = space.supernet.nodes if space is not None else None
         for cell, edges, concat in (("normal", self.normal, self.normal_concat),
                                     ("reduce", self.reduce, self.reduce_concat)):
@@ -84,6 +87,11 @@ class Genotype:
                     candidate = e.candidate
                 except BionasError as err:
                     raise GenotypeError(f"{cell} edge {e.source}->{e.node}: {err}") from None
+                if candidate.rule != "bp" or has_weights(candidate.op):  # a rule on a weightless op: refused
+                    try:
+                        check_pair(candidate.op, candidate.rule)
+                    except ConfigError as err:
+                        raise GenotypeError(f"{cell} edge {e.source}->{e.node}: {err}") from None
                 if space is not None and candidate not in space.candidates:
                     raise GenotypeError(f"{cell} edge {e.source}->{e.node} uses {candidate}, which search space "
                                         f"{space.name!r} does not offer")

@@ -101,8 +101,8 @@ def check_pair(op: str, rule: str) -> None:
     layer_types = ops.weighted_layer_types(op)
     rule_cls = rules.RULES.get(rule)
     if not layer_types:
-        raise ConfigError(f"op {op!r} has no weights, so rule {rule!r} would do nothing; "
-                          f"write '{op}: []' (the bare op)")
+        raise ConfigError(f"op {op!r} has no weights, so rule {rule!r} would do nothing; give the bare op "
+                          f"('{op}' in a genotype, '{op}: []' in a space file)")
     unsupported = [t.__name__ for t in layer_types if not issubclass(t, rule_cls.layer_types)]
     if unsupported:
         raise ConfigError(f"rule {rule!r} cannot learn the {', '.join(unsupported)} layers of op {op!r}")

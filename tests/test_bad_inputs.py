@@ -115,3 +115,15 @@ def test_threads_flag_is_checked_and_applied(tmp_path, capsys, monkeypatch):
         torch.set_num_threads(before)
     assert main(["search", "--threads", "0", "--out", str(tmp_path)]) == 2
     assert "--threads must be at least 1" in capsys.readouterr().err
+
+
+def test_a_genotype_giving_a_rule_to_a_weightless_op_is_refused(tmp_path, capsys):
+    edges = ", ".join(["('sep_conv_3x3|fa', 0), ('sep_conv_3x3|fa', 1)"] * 4)
+    bad = f"Genotype(normal=[('max_pool_3x3|hebbian', 0), {edges[edges.index('(', 1):]}], normal_concat=[2, 3, 4, 5], " \
+          f"reduce=[{edges}], reduce_concat=[2, 3, 4, 5])"
+    path = _text(tmp_path, "g.txt", bad)
+    assert main(["train", "--genotype", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"bionas: error: {path}: normal edge 0->2: op 'max_pool_3x3' has no weights, so rule 'hebbian' "
+                   f"would do nothing; give the bare op ('max_pool_3x3' in a genotype, 'max_pool_3x3: []' in a "
+                   f"space file)"]

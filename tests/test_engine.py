@@ -60,7 +60,7 @@ def test_checkpoints_round_trip_and_bad_files_are_one_line_errors(tmp_path):
     with pytest.raises(ConfigError, match=r"is not a bionas train checkpoint \(it is a search checkpoint\)"):
         load_checkpoint(path, "train")
     assert checkpoint_to_resume(tmp_path, True, "search", "search", "genotype.json")["epoch"] == 3
-    with pytest.raises(ConfigError, match="already holds a search; pass --resume"):
+    with pytest.raises(ConfigError, match=r"already holds a run \(checkpoint.pt\); choose another --out, or pass --resume"):
         checkpoint_to_resume(tmp_path, False, "search", "search", "genotype.json")
     path.write_bytes(path.read_bytes()[:100])  # truncated, as by a full disk
     with pytest.raises(ConfigError, match="cannot be read as a checkpoint .*truncated or not a bionas checkpoint"):

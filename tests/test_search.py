@@ -106,7 +106,7 @@ def test_killed_and_resumed_run_ends_exactly_like_an_uninterrupted_one(tiny, tmp
 def test_a_new_run_never_overwrites_an_old_one_and_resume_needs_a_run(tiny):
     run_search(_replace(tiny, epochs=1))
     before = (tiny.out + "/genotype.json", open(tiny.out + "/genotype.json").read())
-    with pytest.raises(ConfigError, match="already holds a search; pass --resume"):
+    with pytest.raises(ConfigError, match=r"already holds a run \(checkpoint.pt"):
         run_search(_replace(tiny, epochs=1))
     assert open(before[0]).read() == before[1]
     with pytest.raises(ConfigError, match="nothing to resume"):
@@ -163,7 +163,7 @@ def test_cli_search_and_resume(tiny, capsys):
     printed = capsys.readouterr().out
     assert "genotype: Genotype(normal=[" in printed and "wrote" in printed
     assert main(argv) == 2
-    assert "already holds a search" in capsys.readouterr().err
+    assert "already holds a run" in capsys.readouterr().err
     assert main(["search", "--out", tiny.out, "--resume", "--order", "second"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("bionas: error: --resume continues the saved run") and "\n" not in err

@@ -161,7 +161,7 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(cifar10_root, tmp_path
 def test_resume_refuses_changed_options_and_a_new_run_refuses_a_used_directory(cifar10_root, tmp_path):
     config = tiny(tmp_path, cifar10_root, epochs=1)
     run_train(config)
-    with pytest.raises(ConfigError, match="already holds a training run"):
+    with pytest.raises(ConfigError, match="already holds a run"):
         run_train(config)
     with pytest.raises(ConfigError, match="--resume continues the saved run.*lr"):
         run_train(TrainConfig(out=config.out), resume=True, overrides={"lr": 0.5})
