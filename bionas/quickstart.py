@@ -92,6 +92,8 @@ def run_quickstart(config: QuickstartConfig) -> QuickstartResult:
     """Train one TinyNet per entry of ``config.rules``; returns the results table."""
     config = check(config)
     out = check_output_dir(config.out)
+    if (out / "results.csv").exists():
+        raise ConfigError(f"{out} already holds quickstart results (results.csv); choose another --out or delete them")
     name = resolve_dataset_name(config.dataset, config.data_dir)
     train = load_dataset(name, config.data_dir, "train", config.train_per_class, config.seed)
     test = load_dataset(name, config.data_dir, "test", config.test_per_class, config.seed)

@@ -127,3 +127,8 @@ def test_a_genotype_giving_a_rule_to_a_weightless_op_is_refused(tmp_path, capsys
     assert err == [f"bionas: error: {path}: normal edge 0->2: op 'max_pool_3x3' has no weights, so rule 'hebbian' "
                    f"would do nothing; give the bare op ('max_pool_3x3' in a genotype, 'max_pool_3x3: []' in a "
                    f"space file)"]
+
+
+def test_hebbian_resume_with_nothing_to_resume_is_refused(tmp_path, capsys):
+    assert main(["hebbian", "--resume", "--out", str(tmp_path / "empty")]) == 2
+    assert "nothing to resume" in capsys.readouterr().err

@@ -80,7 +80,11 @@ def test_a_failed_rerun_leaves_the_earlier_run_intact(tmp_path, capsys):
     assert main(base) == 0
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     assert {"config.json", "results.csv", "curves.csv", "loss_curves.png"} <= set(before)
-    diverging = ["quickstart", "--dataset", "digits", "--rules", "bp", "--steps", "30", "--lr", "1e12",
-                 "--out", out, "--no-progress"]
-    assert main(diverging) == 2
+    assert main(base) == 2  # a rerun into the same folder is refused ...
+    assert "already holds quickstart results" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # byte for byte, no stray temp files
+    fresh = tmp_path.parent / f"{tmp_path.name}_diverging"
+    diverging = ["quickstart", "--dataset", "digits", "--rules", "bp", "--steps", "30", "--lr", "1e12",
+                 "--out", str(fresh), "--no-progress"]
+    assert main(diverging) == 2  # ... and a run that fails part-way writes nothing
+    assert not fresh.exists() or not any(fresh.iterdir())

@@ -298,6 +298,8 @@ def run_hebbian(config: HebbianConfig, resume: bool = False) -> HebbianResult:
                               f"(N > {done})")
     if unfinished(out) and not resume:
         raise ConfigError(f"{out} holds an unfinished hebbian run; add --resume to continue it or choose another --out")
+    if resume and not saved.exists():
+        raise ConfigError(f"nothing to resume: {saved} does not exist (run without --resume to start)")
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     start_all = time.perf_counter()
