@@ -184,3 +184,34 @@ def test_bad_arguments_fail_with_one_line(checkpoints, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     with pytest.raises(ConfigError):
         resolve_config("quick", None, {"checkpoints": ["x"], "eps": 2.0})
+
+
+def test_an_interrupted_attack_run_resumes_to_the_uninterrupted_results(checkpoints, tmp_path, monkeypatch):
+    """Rows are written as they complete; --resume skips them and computes the rest, giving the
+    rows of a run that was never interrupted (timings aside)."""
+    import bionas.attack.run as attack_run
+    from bionas.attack.config import AttackConfig
+
+    options = {"attacks": ["fgsm", "pgd", "square"], "source": None}
+    whole = run_attack(small_suite(checkpoints, tmp_path / "whole", **options)).results
+    real_craft, calls = attack_run.craft, []
+
+    def craft_then_stop(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_craft(*args, **kwargs)
+
+    monkeypatch.setattr(attack_run, "craft", craft_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_attack(small_suite(checkpoints, tmp_path / "cut", **options))
+    monkeypatch.setattr(attack_run, "craft", real_craft)
+    kept = pd.read_csv(tmp_path / "cut" / "partial_results.csv")
+    assert len(kept) == 5 and not (tmp_path / "cut" / "results.csv").exists()  # Clean + 3 attack rows of bp, Clean of fa
+    with pytest.raises(ConfigError, match="already holds an attack run"):
+        run_attack(small_suite(checkpoints, tmp_path / "cut", **options))
+    resumed = run_attack(AttackConfig(out=str(tmp_path / "cut"), progress=False), resume=True).results
+    columns = [c for c in whole.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "cut" / "results.csv")[columns],
+                                  pd.read_csv(tmp_path / "whole" / "results.csv")[columns])
+    assert len(resumed) == len(whole) and not (tmp_path / "cut" / "partial_results.csv").exists()

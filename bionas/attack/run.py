@@ -9,8 +9,12 @@ images -- and the run writes, atomically, to ``config.out``:
   images, seconds, and every attack parameter (as columns and as JSON);
 * ``table.md`` -- the paper's Table 4 layout (attacks as rows, models as columns; white-box
   cells read ``exact / rule`` when both gradients ran), followed by any gradient-masking warning;
-* ``config.yaml`` and ``run_info.json`` (versions, device, models, their rules, image count);
-* while running, ``partial_results.csv`` with the models finished so far (removed at the end).
+* ``config.yaml`` and ``run_info.json`` (versions, device, models, their rules, image count),
+  written once every input has been checked and before the first attack;
+* while running, ``partial_results.csv``: every (model, attack, gradient mode) row as it
+  completes (removed at the end). ``--resume`` continues an interrupted run from it with the
+  saved config, skipping the rows it holds: each attack runs in its own isolated random state,
+  so the resumed rows are the ones an uninterrupted run computes.
 
 Gradient modes: ``exact`` differentiates the true network (``bionas.rules.exact_gradients``),
 ``rule`` each layer's learning rule; ``auto`` runs both for models with a non-bp rule and
@@ -148,14 +152,42 @@ def transfer_examples(config: AttackConfig, x: torch.Tensor, y: torch.Tensor, de
     return craft(source.model, pgd, dict(pgd.params), "exact", x, y, config.batch_size)
 
 
-def run_attack(config: AttackConfig) -> AttackResult:
-    """Run the configured attacks on every checkpoint; returns the results table."""
+PARTIAL = "partial_results.csv"
+
+
+def _resumed(config: AttackConfig, out: Path, overrides: dict | None) -> tuple[AttackConfig, list[dict]]:
+    """The saved config of the unfinished run in ``out`` and the rows it finished."""
+    from bionas.configs import load_yaml_mapping
+    from bionas.configs.options import apply_options, check_resume
+
+    if (out / "results.csv").exists():
+        raise ConfigError(f"{out} holds a finished attack run (results.csv); nothing to resume")
+    if not (out / "config.yaml").is_file():
+        raise ConfigError(f"nothing to resume: {out / 'config.yaml'} does not exist (run without --resume to start)")
+    saved = check(apply_options(AttackConfig(), load_yaml_mapping(out / "config.yaml", "attack config"),
+                                str(out / "config.yaml"), "attack"))
+    check_resume(saved, overrides, ("progress", "out", "device"), "attack")
+    rows = pd.read_csv(out / PARTIAL, keep_default_na=False).to_dict("records") if (out / PARTIAL).is_file() else []
+    return dataclasses.replace(saved, out=config.out, progress=config.progress, device=config.device), rows
+
+
+def run_attack(config: AttackConfig, resume: bool = False, overrides: dict | None = None) -> AttackResult:
+    """Run the configured attacks on every checkpoint; returns the results table. ``resume``
+    continues the unfinished run in ``config.out`` (only ``out``, ``progress`` and ``device`` are
+    read from ``config``; ``overrides``, the command line's options, must agree with the saved run)."""
     from tqdm import tqdm
 
-    config = check(config)
     out = check_output_dir(config.out)
-    if (out / "results.csv").exists():
-        raise ConfigError(f"{out} already holds attack results; choose another --out")
+    done: list[dict] = []
+    if resume:
+        config, done = _resumed(config, out, overrides)
+        log.info("resuming %s: %d result rows kept", out, len(done))
+    else:
+        config = check(config)
+        found = [n for n in ("results.csv", PARTIAL, "config.yaml") if (out / n).exists()]
+        if found:
+            raise ConfigError(f"{out} already holds an attack run ({', '.join(found)}); choose another --out, or "
+                              f"pass --resume to continue it if it is unfinished")
     device = resolve_device(config.device)
     targets = [load_target(c, device) for c in config.checkpoints]
     datasets = {t.name: t.trained.data.name for t in targets}
@@ -172,13 +204,29 @@ def run_attack(config: AttackConfig) -> AttackResult:
         chosen = [v for v in chosen if v.kind != "transfer"]
     log.info("attacking %d model(s) on %d %s test images: %s", len(targets), len(x), targets[0].trained.data.name,
              ", ".join(v.label for v in chosen))
+    if not resume:  # every input checked: record the run before the first attack
+        with atomic_open(out / "config.yaml") as fh:
+            yaml.safe_dump(config.to_dict(), fh, sort_keys=False)
+        save_json({"bionas_version": bionas.__version__, "torch_version": torch.__version__, "device": str(device),
+                   "dataset": targets[0].trained.data.name, "images": len(x),
+                   "models": {t.name: {"checkpoint": str(t.path), "rules": sorted(t.model.rule_names),
+                                       "gradients": gradients_for(t.model, config.gradient),
+                                       "random_feedback": random_feedback(t.model)} for t in targets}},
+                  out / "run_info.json")
+    finished = {(r["model"], r["attack"], r["gradient"]) for r in done}
+    rows = list(done)
+
+    def record(row: dict) -> None:  # every row on disk as soon as it exists
+        rows.append(row)
+        save_csv(pd.DataFrame(rows), out / PARTIAL)
+
     transfer_x = None
-    if any(v.kind == "transfer" for v in chosen):
+    if any(v.kind == "transfer" for v in chosen) and any((t.name, v.label, "source-exact") not in finished
+                                                         for t in targets for v in chosen if v.kind == "transfer"):
         start = time.perf_counter()
         transfer_x = transfer_examples(config, x, y, device)
         transfer_seconds = time.perf_counter() - start
 
-    rows = []
     batches = -(-len(x) // config.batch_size)
     for target in targets:
         model = target.model
@@ -188,48 +236,52 @@ def run_attack(config: AttackConfig) -> AttackResult:
         base = {"model": target.name, "checkpoint": str(target.path),
                 "rules": "+".join(sorted(model.rule_names)) or "bp", "clean_acc": float(clean.float().mean()),
                 "n_images": len(x)}
-        rows.append({**base, "attack": "Clean", "gradient": "none", "robust_acc": base["clean_acc"],
-                     "success_rate": 0.0, "seconds": clean_seconds, "params": "{}"})
+        if (target.name, "Clean", "none") not in finished:
+            record({**base, "attack": "Clean", "gradient": "none", "robust_acc": base["clean_acc"],
+                    "success_rate": 0.0, "seconds": clean_seconds, "params": "{}"})
         modes = gradients_for(model, config.gradient)
         work = sum(len(modes) if v.kind == "white" else 1 for v in chosen if v.kind != "transfer") * batches
         bar = tqdm(total=work, desc=target.name, leave=False, disable=None if config.progress else True)
         for variant in chosen:
             if variant.kind == "transfer":
-                robust = predict(model, transfer_x, config.batch_size) == y
-                rows.append(_row(base, variant.label, "source-exact", clean, robust, transfer_seconds,
-                                 variant.params))
+                if (target.name, variant.label, "source-exact") not in finished:
+                    robust = predict(model, transfer_x, config.batch_size) == y
+                    record(_row(base, variant.label, "source-exact", clean, robust, transfer_seconds,
+                                variant.params))
                 continue
             for gradient in (modes if variant.kind == "white" else [None]):
+                if (target.name, variant.label, gradient or "none") in finished:
+                    bar.update(batches)
+                    continue
                 params = effective_params(variant, model, gradient or "exact", config)
                 bar.set_postfix(attack=variant.label, gradient=gradient or "-")
                 start = time.perf_counter()
                 adv = craft(model, variant, params, gradient, x, y, config.batch_size, on_batch=lambda: bar.update(1))
                 robust = predict(model, adv, config.batch_size) == y
                 seconds = time.perf_counter() - start
-                rows.append(_row(base, variant.label, gradient or "none", clean, robust, seconds, params))
+                record(_row(base, variant.label, gradient or "none", clean, robust, seconds, params))
                 log.info("%s %s (%s gradient): robust accuracy %.3f (clean %.3f), %.1f s", target.name,
                          variant.label, gradient or "no", rows[-1]["robust_acc"], base["clean_acc"], seconds)
         bar.close()
-        # models finished so far, so that a long run killed part-way keeps what it measured
-        save_csv(pd.DataFrame(rows), out / "partial_results.csv")
 
-    results = pd.DataFrame(rows)
+    results = _in_run_order(pd.DataFrame(rows), targets)
     warnings = masking_warnings(results)
     for w in warnings:
         log.warning(w)
-    with atomic_open(out / "config.yaml") as fh:
-        yaml.safe_dump(config.to_dict(), fh, sort_keys=False)
-    save_json({"bionas_version": bionas.__version__, "torch_version": torch.__version__, "device": str(device),
-               "dataset": targets[0].trained.data.name, "images": len(x),
-               "models": {t.name: {"checkpoint": str(t.path), "rules": sorted(t.model.rule_names),
-                                   "gradients": gradients_for(t.model, config.gradient),
-                                   "random_feedback": random_feedback(t.model)} for t in targets},
-               "warnings": warnings}, out / "run_info.json")
+    info = json.loads((out / "run_info.json").read_text())
+    save_json({**info, "warnings": warnings}, out / "run_info.json")
     save_csv(results, out / "results.csv")
     with atomic_open(out / "table.md") as fh:
         fh.write(markdown_table(results, warnings))
     (out / "partial_results.csv").unlink(missing_ok=True)
     return AttackResult(results, warnings, out)
+
+
+def _in_run_order(results: pd.DataFrame, targets: list[Target]) -> pd.DataFrame:
+    """Rows grouped by model in the order of the checkpoints (a resumed run appends its rows
+    after those it kept), each model's rows in the order they were computed."""
+    order = {t.name: i for i, t in enumerate(targets)}
+    return results.sort_values("model", key=lambda m: m.map(order), kind="stable").reset_index(drop=True)
 
 
 def _row(base: dict, attack: str, gradient: str, clean: torch.Tensor, robust: torch.Tensor, seconds: float,
