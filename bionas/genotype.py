@@ -199,9 +199,17 @@ def parse_darts_literal(text: str, space: str = "") -> Genotype:
                     _edges_from_flat(values["reduce"], "reduce"), tuple(values["reduce_concat"]), space)
 
 
+def _named_space(name: str):
+    """The packaged search space a genotype names, or None for a name that is not one (a space
+    file elsewhere, a space since renamed): those genotypes get the structural checks only."""
+    from bionas.space import load_space, spaces_dir
+
+    return load_space(name) if (spaces_dir() / f"{name}.yaml").is_file() else None
+
+
 def load_genotype(path: str | Path, space=None) -> Genotype:
     """Read a JSON genotype or a file holding a DARTS ``Genotype(...)`` literal; validate it
-    (against ``space`` when given)."""
+    (against ``space`` when given, else against the packaged space the genotype names)."""
     from bionas.io import read_text_file
 
     path = Path(path)
@@ -218,6 +226,8 @@ def load_genotype(path: str | Path, space=None) -> Genotype:
             genotype = Genotype.from_dict(data)
         else:
             genotype = parse_darts_literal(text, space=space.name if space is not None else "")
+        if space is None and genotype.space:
+            space = _named_space(genotype.space)
         return genotype.validate(space)
     except GenotypeError as err:
         raise GenotypeError(f"{path}: {err}") from None

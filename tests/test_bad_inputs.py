@@ -132,3 +132,17 @@ def test_a_genotype_giving_a_rule_to_a_weightless_op_is_refused(tmp_path, capsys
 def test_hebbian_resume_with_nothing_to_resume_is_refused(tmp_path, capsys):
     assert main(["hebbian", "--resume", "--out", str(tmp_path / "empty")]) == 2
     assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_a_genotype_is_checked_against_the_space_it_names(tmp_path, capsys):
+    import json
+
+    from bionas.models.genotypes import resolve_genotype
+
+    data = resolve_genotype("darts_v2").to_dict()
+    data["normal"][0]["rule"] = "usf"
+    data["space"] = "darts"  # which offers no usf
+    path = _text(tmp_path, "g.json", json.dumps(data))
+    assert main(["train", "--genotype", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(path) in err and "which search space 'darts' does not offer" in err
