@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bionas=${BIONAS:-.venv/bin/bionas}
-runs=${RUNS:-results/analyses/runs}
+runs=${RUNS:-results/analyses/recorded}
 genotype=${GENOTYPE:-results/search_mini/darts_arch_lr2e-2/genotype.json}
 common=(--preset short --set epochs=${EPOCHS:-4} --set test_per_class=200 --set dynamics_every=20 --no-progress)
 mkdir -p "$runs"
