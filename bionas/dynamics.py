@@ -154,6 +154,12 @@ class DynamicsRecorder:
         self._exact: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None
         self._captured: dict[str, Tensor] = {}
 
+    @classmethod
+    def from_config(cls, model: nn.Module, config, last_epoch: int, write: bool = True) -> "DynamicsRecorder":
+        """A recorder as a run's ``dynamics_*`` options ask for."""
+        return cls(model, config.dynamics_every, config.dynamics_histogram_epochs, last_epoch, write,
+                   config.dynamics_layer_gradients)
+
     # --- the weight step's hooks (bionas.engine.train_step) ------------------------------------
     def due(self, step: int) -> bool:
         """Whether ``step`` is an alignment step."""

@@ -189,3 +189,19 @@ def test_analyze_refuses_what_is_not_a_recorded_run(tmp_path, capsys, make, mess
     assert main(["analyze", str(tmp_path / "run"), "--out", str(tmp_path / "fig")]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_per_layer_gradients_and_chosen_histogram_epochs_are_options():
+    torch.manual_seed(0)
+    net = MLP(16)
+    recorder = DynamicsRecorder(net, every=2, histogram_epochs=[1], layer_gradients=True)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
+    gen = torch.Generator().manual_seed(4)
+    recorder.end_epoch(0, 0)
+    for step in range(4):
+        train_step(net, optimizer, torch.randn(8, 20, generator=gen), torch.randint(0, 10, (8,), generator=gen),
+                   step, recorder=recorder)
+    recorder.end_epoch(1, 4)
+    rows = pd.DataFrame(recorder.rows)
+    assert set(rows[rows.metric == "grad_variance"]["layer"]) == {"fc1", "fc2", "fc3", "(rule) bp", "(all)"}
+    assert {h["epoch"] for h in recorder.histograms} == {1}

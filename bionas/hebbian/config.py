@@ -56,6 +56,10 @@ class HebbianConfig:
     dynamics: bool = option(False, "record weight statistics (and for learning: backprop the gradient statistics "
                             "and alignment) in dynamics.csv; read by bionas analyze", flag="--dynamics")
     dynamics_every: int = option(50, "dynamics: gradient window and alignment interval, in steps", ge=2)
+    dynamics_layer_gradients: bool = option(False, "dynamics: gradient statistics per layer too (else per rule "
+                                            "and for the whole model)")
+    dynamics_histogram_epochs: list[int] | None = option(None, "dynamics: epochs whose weight histograms are "
+                                                         "written (0 = the start; null: the start and the end)")
     device: str = option("auto", "auto (cuda if available), cpu, cuda, cuda:N", flag="--device")
     out: str = option("runs/hebbian", "output directory", flag="--out")
     progress: bool = option(True, "progress bars")

@@ -321,7 +321,7 @@ def run_hebbian(config: HebbianConfig, resume: bool = False) -> HebbianResult:
         from bionas.dynamics import DynamicsRecorder
 
         last = config.backprop_epochs if config.learning == "backprop" else config.hebbian_epochs
-        recorder = DynamicsRecorder(net, config.dynamics_every, last_epoch=last)
+        recorder = DynamicsRecorder.from_config(net, config, last)
     if config.learning in ("hebbian", "none"):
         if config.learning == "none":
             log.info("learning none: the convolutions keep their random initialisation (a control)")

@@ -62,6 +62,10 @@ class SearchConfig:
                             "weight statistics (dynamics.csv, weight_histograms.csv; read by bionas analyze)",
                             flag="--dynamics")
     dynamics_every: int = option(50, "dynamics: gradient window and alignment interval, in steps", ge=2)
+    dynamics_layer_gradients: bool = option(False, "dynamics: gradient statistics per layer too (else per rule "
+                                            "and for the whole model)")
+    dynamics_histogram_epochs: list[int] | None = option(None, "dynamics: epochs whose weight histograms are "
+                                                         "written (0 = the start; null: the start and the end)")
     checkpoint_cells: bool = option(False, "recompute each cell in the backward instead of keeping its "
                                     "activations (less memory, one more forward per step)")
     out: str = option("runs/search", "output directory", flag="--out")

@@ -113,8 +113,7 @@ class _Search:
         if config.dynamics:
             from bionas.dynamics import DynamicsRecorder
 
-            self.strategy.recorder = DynamicsRecorder(self.model, config.dynamics_every, last_epoch=config.epochs,
-                                                      write=context.main)
+            self.strategy.recorder = DynamicsRecorder.from_config(self.model, config, config.epochs, context.main)
         self.history: list[dict] = []
         self.arch_history: list[dict] = []
         self.epoch = 0

@@ -92,6 +92,10 @@ class TrainConfig:
     dynamics: bool = option(False, "record gradient statistics, feedback alignment and weight statistics "
                             "(dynamics.csv, weight_histograms.csv; read by bionas analyze)", flag="--dynamics")
     dynamics_every: int = option(50, "dynamics: gradient window and alignment interval, in steps", ge=2)
+    dynamics_layer_gradients: bool = option(False, "dynamics: gradient statistics per layer too (else per rule "
+                                            "and for the whole model)")
+    dynamics_histogram_epochs: list[int] | None = option(None, "dynamics: epochs whose weight histograms are "
+                                                         "written (0 = the start; null: the start and the end)")
     out: str = option("runs/train", "output directory", flag="--out")
     progress: bool = option(True, "progress bars")
 

@@ -126,8 +126,8 @@ class _Training:
             from bionas.dynamics import DynamicsRecorder
 
             # the network with its auxiliary head, as the step's loss sees it (not the DDP wrapper)
-            self.recorder = DynamicsRecorder(getattr(self.model, "module", self.model), config.dynamics_every,
-                                             last_epoch=config.epochs, write=context.main)
+            self.recorder = DynamicsRecorder.from_config(getattr(self.model, "module", self.model), config,
+                                                         config.epochs, context.main)
 
     def _load_data(self) -> None:
         config, shard = self.config, self.context.shard
