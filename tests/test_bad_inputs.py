@@ -43,7 +43,13 @@ CASES = [
     ("files", lambda t: ["train", "--genotype", str(_text(t, "g.json", "{not json"))], "g.json: not valid JSON"),
     ("files", lambda t: ["search", "--space", str(_text(t, "s.yaml", "candidates: [unclosed"))], "is not valid YAML"),
     ("files", lambda t: ["analyze", str(_binary(t).parent / "nothing_here")], "is not a run folder"),
+    ("files", lambda t: ["attack", "--checkpoint", str(_binary(t))], "checkpoint.pt"),
+    ("files", lambda t: ["attack", "--checkpoint", str(_text(t, "empty.pt", ""))], "empty.pt"),
+    ("files", lambda t: ["hebbian", "--preset", str(_text(t, "x", ""))], "unknown hebbian preset"),
     # family 5: an --out that cannot be written, found before any work
+    ("out", lambda t: ["hebbian", "--out", str(_text(t, "a_file", ""))], "a_file"),
+    ("out", lambda t: ["attack", "--checkpoint", "x.pt", "--out", str(_text(t, "a_file", ""))], "a_file"),
+    ("out", lambda t: ["quickstart", "--out", str(_text(t, "a_file", ""))], "a_file"),
     ("out", lambda t: ["search", "--out", str(_text(t, "a_file", ""))], "a_file"),
     ("out", lambda t: ["train", "--genotype", "darts_v2", "--out", str(_text(t, "a_file", ""))], "a_file"),
 ]
@@ -60,7 +66,7 @@ def test_bad_input_is_one_line_naming_it(family, argv, message, tmp_path, capsys
     elif args[0] == "analyze":
         args += ["--out", str(out)]
     assert main(args) == 2
-    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("WARNING")]
+    err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("bionas: error: ") and message in err[0], err
     assert "Traceback" not in err[0]
     assert not out.exists() or not any(out.iterdir())
