@@ -101,3 +101,14 @@ def test_cli_wrong_types_are_one_line(argv, message, capsys, tmp_path):
     assert main(argv + ["--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("bionas: error: ") and message in err and "\n" not in err
+
+
+def test_a_preset_that_changes_the_recipes_batch_scales_its_learning_rate_linearly():
+    from bionas.train import resolve_config
+
+    resnet = resolve_config("smoke", None, {"model": "resnet20", "rule": "fa"})  # recipe: 0.1 at batch 128
+    assert resnet.batch_size == 32 and resnet.lr == pytest.approx(0.1 * 32 / 128)
+    cell = resolve_config("smoke", None, {"genotype": "darts_v2"})  # recipe: 0.025 at batch 96
+    assert cell.lr == pytest.approx(0.025 * 32 / 96)
+    assert resolve_config("smoke", None, {"model": "resnet20", "lr": 0.2}).lr == 0.2  # a given rate is kept
+    assert resolve_config(None, None, {"model": "resnet20", "batch_size": 128}).lr == 0.1

@@ -239,6 +239,7 @@ def resolve(config_type: type[C], command: str, preset: str | None = None, confi
     if "preset" in {f.name for f in dataclasses.fields(config_type)} and preset:  # type: ignore[arg-type]
         config = dataclasses.replace(config, preset=preset)  # type: ignore[type-var]
     picker = getattr(config_type, "base_preset_for", None)
+    base_config = None
     if picker is not None:
         merged: dict = {}
         for options, _ in layers:
@@ -246,8 +247,12 @@ def resolve(config_type: type[C], command: str, preset: str | None = None, confi
         base = picker(merged)
         config = apply_options(config, configs.preset(command, base), f"preset {base!r}", command)
         config = dataclasses.replace(config, base_preset=base)  # type: ignore[type-var]
+        base_config = config
     for options, source in layers:
         config = apply_options(config, options, source, command)
+    adjust = getattr(config_type, "adjust_to_base", None)
+    if adjust is not None and base_config is not None:
+        config = adjust(config, base_config, {k for options, _ in layers for k in options})
     return check(config)
 
 

@@ -8,6 +8,7 @@ picks ``resnet`` for the ResNet baselines, else the dataset's: ``cifar``, ``imag
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,6 +99,16 @@ class TrainConfig:
                                                          "written (0 = the start; null: the start and the end)")
     out: str = option("runs/train", "output directory", flag="--out")
     progress: bool = option(True, "progress bars")
+
+    @staticmethod
+    def adjust_to_base(config: "TrainConfig", base: "TrainConfig", given: set[str]) -> "TrainConfig":
+        """A preset, file or flag that changes the base recipe's batch size without giving a
+        learning rate gets the recipe's rate scaled linearly with the batch (Goyal et al. 2017,
+        "Accurate, Large Minibatch SGD", section 2.1): the smoke preset's batch of 32 takes the
+        ResNet recipe's 0.1 at 128 to 0.025, where 0.1 made fa diverge."""
+        if "lr" in given or config.batch_size == base.batch_size:
+            return config
+        return dataclasses.replace(config, lr=base.lr * config.batch_size / base.batch_size)
 
     @staticmethod
     def base_preset_for(options: dict) -> str:
