@@ -50,6 +50,9 @@ CASES = [
     ("out", lambda t: ["hebbian", "--out", str(_text(t, "a_file", ""))], "a_file"),
     ("out", lambda t: ["attack", "--checkpoint", "x.pt", "--out", str(_text(t, "a_file", ""))], "a_file"),
     ("out", lambda t: ["quickstart", "--out", str(_text(t, "a_file", ""))], "a_file"),
+    # ... and an error found late (after data and supernet) still leaves no config.yaml behind
+    ("out", lambda t: ["search", "--preset", "smoke", "--space", str(_text(t, "s.yaml", "name: s\ncandidates: {none: []}\n"))],
+     "every candidate is 'none'"),
     ("out", lambda t: ["search", "--out", str(_text(t, "a_file", ""))], "a_file"),
     ("out", lambda t: ["train", "--genotype", "darts_v2", "--out", str(_text(t, "a_file", ""))], "a_file"),
 ]

@@ -188,7 +188,9 @@ def _search(config: SearchConfig, context: distributed.Context, state: dict | No
         log.info("resuming %s after epoch %d of %d", out, search.epoch, config.epochs)
         if search.strategy.recorder is not None:
             search.strategy.recorder.resume(out, search.epoch)
-    elif context.main:
+    else:  # epoch 0: the mixing weights before any training (and proof that the space yields a genotype)
+        search.record_architecture()
+    if state is None and context.main:  # every input checked: record the run
         with atomic_open(out / "config.yaml") as fh:
             yaml.safe_dump(config.to_dict(), fh, sort_keys=False)
         save_json({"bionas_version": bionas.__version__, "torch_version": torch.__version__,
@@ -198,10 +200,8 @@ def _search(config: SearchConfig, context: distributed.Context, state: dict | No
                    "steps_per_epoch": search.steps_per_epoch, "candidates": [str(c) for c in search.space.candidates],
                    "supernet": dataclasses.asdict(search.shape),
                    "weights": sum(p.numel() for p in search.model.weight_parameters())}, out / "run_info.json")
-    if state is None:
-        search.record_architecture()  # epoch 0: the mixing weights before any training
-        if search.strategy.recorder is not None:
-            search.strategy.recorder.end_epoch(0, 0)
+    if state is None and search.strategy.recorder is not None:
+        search.strategy.recorder.end_epoch(0, 0)
     log.info("%s search over space %r (%d candidates per edge, %d cells of %d channels) on %s: %d + %d images, "
              "%d steps per epoch, %d epochs, %s%s", config.method, search.space.name, len(search.space),
              search.shape.cells, search.shape.channels, search.dataset, len(search.train_data), len(search.val_data),
