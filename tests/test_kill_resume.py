@@ -28,14 +28,14 @@ def _command(kind: str, out: Path, root: Path, checkpoint: Path | None) -> list[
                 "--set", "steps_per_epoch=2", "--out", str(out)]
     if kind == "train":
         return ["train", "--model", "resnet20", "--rule", "brsf", *data, "--preset", "smoke", "--epochs", "4",
-                "--set", "per_class=40", "--set", "test_per_class=10", "--out", str(out)]
-    return ["attack", "--checkpoint", str(checkpoint), "--set", "n=20", "--set", "attacks=[fgsm, pgd, square]",
-            "--set", "square_queries=20", "--out", str(out)]
+                "--set", "per_class=150", "--set", "test_per_class=10", "--out", str(out)]
+    return ["attack", "--checkpoint", str(checkpoint), "--set", "n=100", "--set", "attacks=[fgsm, pgd, square, apgd]",
+            "--set", "square_queries=50", "--set", "batch_size=25", "--out", str(out)]
 
 
-def _run(args: list[str], kill_after: float | None = None, kill_on_tmp: Path | None = None) -> int | None:
+def _run(args: list[str], kill_after: float | None = None, kill_on_tmp: Path | None = None) -> float | None:
     """Run ``bionas ARGS``; with ``kill_after`` SIGKILL it after that many seconds (or as soon as
-    a checkpoint temporary appears in ``kill_on_tmp``); the exit code, None when killed."""
+    a checkpoint temporary appears in ``kill_on_tmp``); its wall time, None when killed."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "bionas", *args, "--no-progress"], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -50,17 +50,19 @@ def _run(args: list[str], kill_after: float | None = None, kill_on_tmp: Path | N
         time.sleep(0.005 if kill_on_tmp is not None else 0.05)
     err = proc.stderr.read()
     assert proc.returncode == 0, err[-2000:]
-    return proc.returncode
+    return time.perf_counter() - start
 
 
-def _finish_with_kills(kind: str, out: Path, root: Path, checkpoint: Path | None, rng: random.Random) -> int:
-    """Kill the run at random moments (once while a checkpoint is written), resume until done."""
+def _finish_with_kills(kind: str, out: Path, root: Path, checkpoint: Path | None, rng: random.Random,
+                       whole_seconds: float) -> int:
+    """Kill the run at random moments of an uninterrupted run's ``whole_seconds`` (and once while
+    a checkpoint is written), resume until done."""
     kills = 0
     for attempt in range(20):
         resumable = (out / "checkpoint.pt").exists() or (kind == "attack" and (out / "config.yaml").exists())
         args = _command(kind, out, root, checkpoint) + (["--resume"] if resumable else [])
         if attempt < 3:
-            code = _run(args, kill_after=rng.uniform(4, 12))
+            code = _run(args, kill_after=rng.uniform(0.3, 0.8) * whole_seconds)
         elif attempt == 3:
             code = _run(args, kill_after=300, kill_on_tmp=out)  # while a checkpoint is being written
         else:
@@ -94,8 +96,8 @@ def attacked_checkpoint(cifar10_root, tmp_path_factory):
 @pytest.mark.parametrize("kind", ["search", "train", "attack"])
 def test_kill_9_anywhere_resumes_to_the_uninterrupted_result(kind, cifar10_root, tmp_path, attacked_checkpoint):
     checkpoint = attacked_checkpoint if kind == "attack" else None
-    _run(_command(kind, tmp_path / "whole", cifar10_root, checkpoint))
-    kills = _finish_with_kills(kind, tmp_path / "cut", cifar10_root, checkpoint, random.Random(kind))
+    seconds = _run(_command(kind, tmp_path / "whole", cifar10_root, checkpoint))
+    kills = _finish_with_kills(kind, tmp_path / "cut", cifar10_root, checkpoint, random.Random(kind), seconds)
     assert kills >= 2
     whole, cut = _results(kind, tmp_path / "whole"), _results(kind, tmp_path / "cut")
     if kind == "search":

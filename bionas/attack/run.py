@@ -131,13 +131,29 @@ def effective_params(variant: Variant, model: AttackModel, gradient: str, config
     return params
 
 
+def attack_seed(seed: int, *key: str) -> int:
+    """A seed for one (model, attack, gradient) row: the same in every process, whatever ran
+    before it, so a resumed run recomputes exactly the rows an uninterrupted run computes."""
+    import zlib
+
+    return (seed * 1_000_003 + zlib.crc32("|".join(key).encode())) % 2**31
+
+
 def craft(model: AttackModel, variant: Variant, params: dict, gradient: str | None, x: torch.Tensor,
-          y: torch.Tensor, batch_size: int, on_batch=None) -> torch.Tensor:
-    """Adversarial versions of ``x`` (batch by batch), with the random state left as it was."""
+          y: torch.Tensor, batch_size: int, on_batch=None, seed: int = 0) -> torch.Tensor:
+    """Adversarial versions of ``x`` (batch by batch), with the random state left as it was.
+    Each batch's random draws (PGD's random start, ...) come from ``seed`` and the batch index."""
+    import random
+
+    import numpy as np
+
     out = []
     for i in range(0, len(x), batch_size):
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
         with isolated_random_state(model), gradient_mode(model, gradient or "exact"):
+            torch.manual_seed(seed + i)
+            np.random.seed((seed + i) % 2**32)
+            random.seed(seed + i)
             out.append(variant.build(model, params)(xb, yb).detach())
         if on_batch is not None:
             on_batch()
@@ -149,7 +165,8 @@ def transfer_examples(config: AttackConfig, x: torch.Tensor, y: torch.Tensor, de
 
     source = load_target(config.source, device)
     pgd = ATTACKS.get("pgd")(dataclasses.replace(config, pgd_steps=config.transfer_steps, pgd_random_start=True))[0]
-    return craft(source.model, pgd, dict(pgd.params), "exact", x, y, config.batch_size)
+    return craft(source.model, pgd, dict(pgd.params), "exact", x, y, config.batch_size,
+                 seed=attack_seed(config.seed, "source", pgd.label))
 
 
 PARTIAL = "partial_results.csv"
@@ -256,7 +273,8 @@ def run_attack(config: AttackConfig, resume: bool = False, overrides: dict | Non
                 params = effective_params(variant, model, gradient or "exact", config)
                 bar.set_postfix(attack=variant.label, gradient=gradient or "-")
                 start = time.perf_counter()
-                adv = craft(model, variant, params, gradient, x, y, config.batch_size, on_batch=lambda: bar.update(1))
+                adv = craft(model, variant, params, gradient, x, y, config.batch_size, on_batch=lambda: bar.update(1),
+                            seed=attack_seed(config.seed, target.name, variant.label, gradient or "none"))
                 robust = predict(model, adv, config.batch_size) == y
                 seconds = time.perf_counter() - start
                 record(_row(base, variant.label, gradient or "none", clean, robust, seconds, params))
