@@ -92,7 +92,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/analysis", help="where the figures and summary.csv go (default: %(default)s)")
     p.add_argument("--labels", nargs="+", help="one name per run for the legends (default: the folder names)")
     p.set_defaults(handler=_analyze)
+    text = "the paper's claims as runs and a table (finished runs are skipped, killed ones resumed)"
+    p = sub.add_parser("reproduce", help=text, description=text)
+    p.add_argument("experiment", metavar="EXPERIMENT", help="mixed_vs_single (claims 1-2: Tables 1 and 5)")
+    p.add_argument("--scale", default="smoke", help="smoke, mini or paper (default: %(default)s)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="default: 0 1 2")
+    p.add_argument("--root", default="runs/reproduce", help="runs go to ROOT/SCALE/ (default: %(default)s)")
+    p.add_argument("--data-dir", help="dataset directory (default: $BIONAS_DATA)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dry-run", action="store_true", help="list the runs, their state and estimated cost")
+    p.set_defaults(handler=_reproduce)
     return parser
+
+
+def _reproduce(args) -> int:
+    from bionas.reproduce import reproduce
+
+    out = reproduce(args.experiment, args.scale, args.seeds, args.root, args.data_dir, args.device, args.dry_run)
+    if not args.dry_run:
+        print((out / "table.md").read_text().rstrip())
+        print(f"wrote {out}/: {', '.join(_listing(out))}")
+    return 0
 
 
 def _analyze(args) -> int:
