@@ -42,7 +42,8 @@ def _flags(parser: argparse.ArgumentParser, config_type: type) -> None:
     """One flag per field that declares one; its type, help text and default from the field
     (a list field takes one or more values, a bool field is a switch that turns it on)."""
     hints = typing.get_type_hints(config_type)
-    for f in dataclasses.fields(config_type):
+    own = set(vars(config_type).get("__annotations__", {}))  # the command's own fields first, shared ones after
+    for f in sorted(dataclasses.fields(config_type), key=lambda f: f.name not in own):
         if f.metadata.get("flag"):
             tp = split_optional(hints[f.name])[0]  # int | None -> int
             many = typing.get_origin(tp) is list

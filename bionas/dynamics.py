@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import math
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -63,11 +64,26 @@ import torch
 from torch import Tensor, nn
 
 from bionas import rules
+from bionas.configs.options import option
 
 DYNAMICS_CSV = "dynamics.csv"
 HISTOGRAMS_CSV = "weight_histograms.csv"
 INITIAL_WEIGHTS = "dynamics_initial.pt"
 HISTOGRAM_BINS = 81
+
+
+@dataclass
+class DynamicsOptions:
+    """The recorder's options, shared by the configs of every command that trains weights
+    (``bionas train``, ``search`` and ``hebbian`` inherit them)."""
+
+    dynamics: bool = option(False, "record gradient statistics, feedback alignment and weight statistics "
+                            "(dynamics.csv, weight_histograms.csv; read by bionas analyze)", flag="--dynamics")
+    dynamics_every: int = option(50, "dynamics: gradient window and alignment interval, in steps", ge=2)
+    dynamics_layer_gradients: bool = option(False, "dynamics: gradient statistics per layer too (else per rule "
+                                            "and for the whole model)")
+    dynamics_histogram_epochs: list[int] | None = option(None, "dynamics: epochs whose weight histograms are "
+                                                         "written (0 = the start; null: the start and the end)")
 
 
 def angle_degrees(a: Tensor, b: Tensor) -> float:
@@ -351,5 +367,5 @@ def _nothing():
     yield
 
 
-__all__ = ["DynamicsRecorder", "GradientWindow", "angle_degrees", "kurtosis", "tracked_layers", "DYNAMICS_CSV",
-           "HISTOGRAMS_CSV"]
+__all__ = ["DynamicsOptions", "DynamicsRecorder", "GradientWindow", "angle_degrees", "kurtosis", "tracked_layers",
+           "DYNAMICS_CSV", "HISTOGRAMS_CSV"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from bionas.dynamics import DynamicsOptions
 from bionas.configs.options import option, resolve, to_dict
 from bionas.errors import ConfigError
 
@@ -20,7 +21,7 @@ INITS = ("kaiming", "softhebb")
 
 
 @dataclass
-class HebbianConfig:
+class HebbianConfig(DynamicsOptions):
     preset: str = option("hard_wta_bcm_surround", "the named preset this config started from")
     learning: str = option("hebbian", "hebbian, backprop (end to end) or none (random features, a control)",
                            choices=LEARNING)
@@ -53,13 +54,6 @@ class HebbianConfig:
                                 choices=("float16", "bfloat16", "float32"))
     eval_batch_size: int = option(500, "feature-extraction and test batch", ge=1)
     seed: int = option(0, "random seed", flag="--seed")
-    dynamics: bool = option(False, "record weight statistics (and for learning: backprop the gradient statistics "
-                            "and alignment) in dynamics.csv; read by bionas analyze", flag="--dynamics")
-    dynamics_every: int = option(50, "dynamics: gradient window and alignment interval, in steps", ge=2)
-    dynamics_layer_gradients: bool = option(False, "dynamics: gradient statistics per layer too (else per rule "
-                                            "and for the whole model)")
-    dynamics_histogram_epochs: list[int] | None = option(None, "dynamics: epochs whose weight histograms are "
-                                                         "written (0 = the start; null: the start and the end)")
     device: str = option("auto", "auto (cuda if available), cpu, cuda, cuda:N", flag="--device")
     out: str = option("runs/hebbian", "output directory", flag="--out")
     progress: bool = option(True, "progress bars")

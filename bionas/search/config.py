@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from bionas.dynamics import DynamicsOptions
 from bionas.configs.options import apply_options as _apply, check, option, resolve, to_dict
 from bionas.data import DATASETS
 
@@ -23,7 +24,7 @@ def _strategies():
 
 
 @dataclass
-class SearchConfig:
+class SearchConfig(DynamicsOptions):
     # what to search
     method: str = option("darts", "search strategy", choices=_strategies, flag="--method")
     space: str = option("bionas", "search space: a name in search_spaces/ or a YAML path", flag="--space")
@@ -58,14 +59,6 @@ class SearchConfig:
     channels_last: bool = option(True, "channels-last tensors (much faster depthwise convolutions on CPU)")
     amp: str = option("off", "bf16: bf16 autocast in the weight steps, first-order architecture steps and EG's "
                       "scoring (second order stays float32); off: float32", choices=("off", "bf16"))
-    dynamics: bool = option(False, "record the weight steps' gradient statistics, feedback alignment and "
-                            "weight statistics (dynamics.csv, weight_histograms.csv; read by bionas analyze)",
-                            flag="--dynamics")
-    dynamics_every: int = option(50, "dynamics: gradient window and alignment interval, in steps", ge=2)
-    dynamics_layer_gradients: bool = option(False, "dynamics: gradient statistics per layer too (else per rule "
-                                            "and for the whole model)")
-    dynamics_histogram_epochs: list[int] | None = option(None, "dynamics: epochs whose weight histograms are "
-                                                         "written (0 = the start; null: the start and the end)")
     checkpoint_cells: bool = option(False, "recompute each cell in the backward instead of keeping its "
                                     "activations (less memory, one more forward per step)")
     out: str = option("runs/search", "output directory", flag="--out")

@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from bionas.dynamics import DynamicsOptions
 from bionas.configs.options import apply_options as _apply, check, option, resolve, to_dict
 from bionas.engine import INITS
 from bionas.errors import ConfigError
@@ -40,7 +41,7 @@ def _rules():
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(DynamicsOptions):
     # what to train
     model: str = option(CELL_MODEL, "darts: the cell network of --genotype; resnet20, resnet56: baselines",
                         choices=_models, flag="--model")
@@ -90,13 +91,6 @@ class TrainConfig:
     channels_last: bool = option(True, "channels-last tensors")
     sync_batchnorm: bool = option(True, "data-parallel: batch statistics over the global batch")
     eval_batch_size: int = option(500, "test batch per rank", ge=1)
-    dynamics: bool = option(False, "record gradient statistics, feedback alignment and weight statistics "
-                            "(dynamics.csv, weight_histograms.csv; read by bionas analyze)", flag="--dynamics")
-    dynamics_every: int = option(50, "dynamics: gradient window and alignment interval, in steps", ge=2)
-    dynamics_layer_gradients: bool = option(False, "dynamics: gradient statistics per layer too (else per rule "
-                                            "and for the whole model)")
-    dynamics_histogram_epochs: list[int] | None = option(None, "dynamics: epochs whose weight histograms are "
-                                                         "written (0 = the start; null: the start and the end)")
     out: str = option("runs/train", "output directory", flag="--out")
     progress: bool = option(True, "progress bars")
 
