@@ -51,12 +51,10 @@ def load_run(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _rule_style(rule: str) -> dict:
-    from bionas.rules import RULES
+    """Matplotlib line keywords of a rule, from the rule registry (as the search plots draw it)."""
+    from bionas.search.plots import rule_colour, rule_style
 
-    if rule in RULES.names():
-        cls = RULES.get(rule)
-        return {"color": getattr(cls, "color", None), "linestyle": getattr(cls, "line_style", "-")}
-    return {"color": "black", "linestyle": "-"}
+    return {"color": rule_colour(rule), "linestyle": rule_style(rule)}
 
 
 def summarise(label: str, rows: pd.DataFrame) -> list[dict]:

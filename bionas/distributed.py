@@ -54,6 +54,17 @@ def from_environment() -> Context:
     return Context(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def device_for(name: str, context: Context) -> torch.device:
+    """The device ``name`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``); under torchrun on CUDA
+    without an index, the local rank's GPU."""
+    from bionas.engine import resolve_device
+
+    device = resolve_device(name)
+    if context.distributed and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", context.local_rank)
+    return device
+
+
 def setup(context: Context, device: torch.device) -> None:
     """Join the process group: nccl on CUDA, gloo on CPU."""
     if context.distributed and not dist.is_initialized():
@@ -243,5 +254,5 @@ def check_batch(global_batch: int, context: Context) -> None:
                           f"{context.world} processes; change --batch-size or --nproc_per_node")
 
 
-__all__ = ["Context", "from_environment", "setup", "teardown", "all_reduce_sum", "average_gradients", "check_in_step",
-           "global_moments", "convert_batchnorm", "GlobalBatchNorm2d", "check_batch", "wrap"]
+__all__ = ["Context", "from_environment", "device_for", "setup", "teardown", "all_reduce_sum", "average_gradients",
+           "check_in_step", "global_moments", "convert_batchnorm", "GlobalBatchNorm2d", "check_batch", "wrap"]

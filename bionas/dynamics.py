@@ -54,7 +54,7 @@ holds a half window.
 from __future__ import annotations
 
 import math
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -65,6 +65,7 @@ from torch import Tensor, nn
 
 from bionas import rules
 from bionas.configs.options import option
+from bionas.rules.convert import angle_degrees
 
 DYNAMICS_CSV = "dynamics.csv"
 HISTOGRAMS_CSV = "weight_histograms.csv"
@@ -86,13 +87,12 @@ class DynamicsOptions:
                                                          "written (0 = the start; null: the start and the end)")
 
 
-def angle_degrees(a: Tensor, b: Tensor) -> float:
-    """The angle between two tensors taken as vectors, in float64 (NaN if either is zero)."""
-    a, b = a.detach().flatten().double(), b.detach().flatten().double()
-    denom = float(a.norm() * b.norm())
-    if denom == 0.0:
-        return math.nan
-    return math.degrees(math.acos(max(-1.0, min(1.0, float(a @ b) / denom))))
+def moved_fraction(initial: Tensor, weight: Tensor, min_angle_deg: float = 1.0) -> float:
+    """The share of output filters (rows of the flattened weights) whose direction moved by more
+    than ``min_angle_deg`` from ``initial``; rescaling does not count."""
+    cos = torch.nn.functional.cosine_similarity(initial.detach().flatten(1).double().cpu(),
+                                                weight.detach().flatten(1).double().cpu(), dim=1)
+    return float((cos < math.cos(math.radians(min_angle_deg))).double().mean())
 
 
 def kurtosis(x: Tensor) -> float:
@@ -159,8 +159,7 @@ class DynamicsRecorder:
         self.histogram_epochs = set(histogram_epochs if histogram_epochs is not None else (0, last_epoch))
         self.layers = tracked_layers(model)
         self.rule_of = {name: rule for name, _, rule in self.layers}
-        device = next(model.parameters()).device
-        self.window = GradientWindow([m.weight.shape for _, m, _ in self.layers], device)
+        self.window = self._new_window(next(model.parameters()).device)
         self.window_start = 0
         self.rows: list[dict] = []
         self.histograms: list[dict] = []
@@ -235,7 +234,7 @@ class DynamicsRecorder:
     def step_context(self, step: int):
         """Around the step's forward: captures the rules' input errors after an exact pass."""
         if self._exact is None:
-            return _nothing()
+            return nullcontext()
         return self._capture_into_self()
 
     @contextmanager
@@ -273,7 +272,7 @@ class DynamicsRecorder:
         if self.window.n >= 2:
             self._close_window(step, epoch)
         elif self.window.n:
-            self.window = GradientWindow([m.weight.shape for _, m, _ in self.layers], self.window.sq.device)
+            self.window = self._new_window(self.window.sq.device)
         self._weight_statistics(epoch, step)
 
     def flush(self, out: Path) -> None:
@@ -329,7 +328,10 @@ class DynamicsRecorder:
                                   ("noise_ratio", var / mean_sq if mean_sq > 0 else math.nan),
                                   ("grad_variance_per_weight", var / float(numel[idx].sum()))):
                 self._row(step, epoch, metric, name, rule, value)
-        self.window = GradientWindow([m.weight.shape for _, m, _ in self.layers], self.window.sq.device)
+        self.window = self._new_window(self.window.sq.device)
+
+    def _new_window(self, device: torch.device) -> GradientWindow:
+        return GradientWindow([m.weight.shape for _, m, _ in self.layers], device)
 
     @torch.no_grad()
     def _weight_statistics(self, epoch: int, step: int) -> None:
@@ -340,10 +342,7 @@ class DynamicsRecorder:
             pools["all"].append(w)
             self._weight_rows(step, epoch, name, rule, w)
             if name in self.initial:
-                w0 = self.initial[name].flatten(1).double()
-                cos = torch.nn.functional.cosine_similarity(w0, m.weight.detach().flatten(1).double().cpu(), dim=1)
-                self._row(step, epoch, "filters_moved", name, rule,
-                          float((cos < math.cos(math.radians(1.0))).double().mean()))
+                self._row(step, epoch, "filters_moved", name, rule, moved_fraction(self.initial[name], m.weight))
         for rule, parts in pools.items():
             w = torch.cat(parts)
             self._weight_rows(step, epoch, "(all)" if rule == "all" else f"(rule) {rule}", rule, w)
@@ -362,10 +361,6 @@ class DynamicsRecorder:
         self._row(step, epoch, "weight_kurtosis", layer, rule, kurtosis(w))
 
 
-@contextmanager
-def _nothing():
-    yield
-
-
-__all__ = ["DynamicsOptions", "DynamicsRecorder", "GradientWindow", "angle_degrees", "kurtosis", "tracked_layers",
+__all__ = ["DynamicsOptions", "DynamicsRecorder", "GradientWindow", "angle_degrees", "kurtosis", "moved_fraction",
+           "tracked_layers",
            "DYNAMICS_CSV", "HISTOGRAMS_CSV"]

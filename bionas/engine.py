@@ -16,6 +16,7 @@ output folder that holds a run, ``--resume`` needs a checkpoint of the same kind
 from __future__ import annotations
 
 import math
+import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -145,8 +146,6 @@ class Heartbeat:
     ``--no-progress``), so that a long epoch is not silent."""
 
     def __init__(self, logger, enabled: bool, seconds: float = 60.0):
-        import time
-
         self.logger, self.enabled, self.seconds = logger, enabled, seconds
         self._clock = time.perf_counter
         self._last = self._clock()

@@ -136,17 +136,10 @@ def execute(run: Run, scale: str, root: Path, data_dir: str | None, device: str)
     resume = (out / "checkpoint.pt").is_file()
     log.info("%s %s (%s)", "resuming" if resume else "running", run.name, run.command)
     if run.command == "search":
-        from bionas.search import resolve_config, run_search
-
-        if resume:
-            run_search(resolve_config(preset, None, options), resume=True)
-        else:
-            run_search(resolve_config(preset, None, options))
+        from bionas.search import resolve_config, run_search as start
     else:
-        from bionas.train import resolve_config, run_train
-
-        config = resolve_config(preset, None, options)
-        run_train(config, resume=resume)
+        from bionas.train import resolve_config, run_train as start
+    start(resolve_config(preset, None, options), resume=resume)
 
 
 def _random_cell(out: Path, seed: int) -> None:

@@ -64,9 +64,7 @@ def test_bad_input_is_one_line_naming_it(family, argv, message, tmp_path, capsys
     inputs.mkdir()
     args = argv(inputs)
     out = tmp_path / "out"
-    if "--out" not in args and args[0] != "analyze":
-        args += ["--out", str(out)]
-    elif args[0] == "analyze":
+    if "--out" not in args:
         args += ["--out", str(out)]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()

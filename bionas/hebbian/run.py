@@ -33,7 +33,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 
@@ -101,12 +100,9 @@ def moved_filters(initial: dict[str, Tensor], net: HebbianCNN, min_angle_deg: fl
     ``min_angle_deg`` from ``initial`` (name -> weight): the filters the local rule actually
     trained. Rescaling (``weight_norm``) does not count; a hard WTA whose few winners take every
     position shows up as a small fraction (dead filters)."""
-    fractions = []
-    for name, layer in rules.rule_layers(net):
-        w0, w = initial[name].flatten(1).double(), layer.weight.detach().flatten(1).double().cpu()
-        cos = F.cosine_similarity(w0, w, dim=1)
-        fractions.append(float((cos < math.cos(math.radians(min_angle_deg))).double().mean()))
-    return fractions
+    from bionas.dynamics import moved_fraction
+
+    return [moved_fraction(initial[name], layer.weight, min_angle_deg) for name, layer in rules.rule_layers(net)]
 
 
 def hebbian_phase(net: HebbianCNN, x: Tensor, config: HebbianConfig, device: torch.device,

@@ -144,7 +144,8 @@ def local_updates(model: nn.Module, enabled: bool = True):
     return _set_flag(model, "local_updates", enabled)
 
 
-def _angle_degrees(a: torch.Tensor, b: torch.Tensor) -> float:
+def angle_degrees(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The angle between two tensors taken as vectors, in degrees, in float64 (NaN if either is zero)."""
     a, b = a.detach().flatten().double(), b.detach().flatten().double()
     denom = a.norm() * b.norm()
     if denom == 0:
@@ -160,7 +161,7 @@ def alignment_angles(model: nn.Module) -> dict[str, float]:
     one of the current draw.
     """
     return {
-        name: _angle_degrees(layer.weight, layer.rule.feedback(layer.weight))
+        name: angle_degrees(layer.weight, layer.rule.feedback(layer.weight))
         for name, layer in rule_layers(model)
         if isinstance(layer.rule, FeedbackRule)
     }

@@ -247,12 +247,9 @@ class EvolutionaryStrategy(SearchStrategy):
         model.train(was_training)
         # sums over this rank's share of the batch -> over the ranks (under torchrun) -> means
         sums = torch.stack([torch.cat(ces), torch.cat(accs)]).cpu().double()  # (2, P)
-        count = torch.tensor(float(len(y)), dtype=torch.float64)
-        if self.context.distributed:
-            sums, count = torch.tensor(distributed.all_reduce_sum([*sums.flatten().tolist(), float(count)],
-                                                                  x.device, self.context),
-                                       dtype=torch.float64).split([sums.numel(), 1])
-            sums = sums.view(2, -1)
+        totals = torch.tensor(distributed.all_reduce_sum([*sums.flatten().tolist(), float(len(y))], x.device,
+                                                         self.context), dtype=torch.float64)
+        sums, count = totals[:-1].view(2, -1), totals[-1]
         return sums[0] / count, sums[1] / count
 
     def state_dict(self) -> dict:

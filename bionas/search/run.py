@@ -38,7 +38,7 @@ import yaml
 import bionas
 from bionas import distributed
 from bionas.data import TRAIN_AUGMENTATION, BatchLoader, BatchStream, load_dataset, resolve_dataset_name, search_split
-from bionas.engine import Heartbeat, checkpoint_to_resume, resolve_device, restore_random_state, save_checkpoint
+from bionas.engine import Heartbeat, checkpoint_to_resume, restore_random_state, save_checkpoint
 from bionas.errors import ConfigError
 from bionas.io import atomic_open, check_output_dir, save_csv, save_json
 from bionas.configs.options import check, check_resume
@@ -77,7 +77,7 @@ class _Search:
 
     def __init__(self, config: SearchConfig, context: distributed.Context = distributed.Context()):
         self.config, self.context = config, context
-        self.device = device_for(config, context)
+        self.device = distributed.device_for(config.device, context)
         self.space = load_space(config.space)
         shape = self.space.supernet
         overrides = {k: getattr(config, k) for k in ("channels", "cells") if getattr(config, k) is not None}
@@ -140,14 +140,6 @@ class _Search:
         return genotype
 
 
-def device_for(config: SearchConfig, context: distributed.Context) -> torch.device:
-    """``config.device``; under torchrun on CUDA, the local rank's GPU."""
-    device = resolve_device(config.device)
-    if context.distributed and device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", context.local_rank)
-    return device
-
-
 def resumed_config(state: dict, overrides: dict | None = None) -> SearchConfig:
     """The config saved in a checkpoint; ``overrides`` may only repeat it (or change ``progress``/``out``)."""
     saved = apply_options(SearchConfig(), state["config"], "the checkpoint")
@@ -173,7 +165,7 @@ def run_search(config: SearchConfig, resume: bool = False, overrides: dict | Non
     else:  # record the dataset "auto" stands for, so that config.yaml repeats this very run
         config = dataclasses.replace(config, dataset=resolve_dataset_name(config.dataset, config.data_dir))
     distributed.check_batch(config.batch_size, context)
-    distributed.setup(context, device_for(config, context))
+    distributed.setup(context, distributed.device_for(config.device, context))
     try:
         return _search(config, context, state, out, on_epoch_end)
     finally:

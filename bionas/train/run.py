@@ -44,7 +44,6 @@ from bionas.engine import Heartbeat, checkpoint_to_resume, restore_random_state,
 from bionas.errors import ConfigError
 from bionas.io import atomic_open, check_output_dir, save_csv, save_figure, save_json
 from bionas.genotype import Genotype
-from bionas.engine import resolve_device
 from bionas import distributed
 from bionas.train.config import TrainConfig, apply_options, check
 from bionas.train.model import CHECKPOINT_KIND, DataShape, WithAuxiliary, build_network, training_genotype
@@ -64,14 +63,6 @@ class TrainResult:
             return ""
         return (f"trained {len(self.history)} epochs in {self.history['seconds'].sum():.0f} s: final train acc "
                 f"{self.history['train_acc'].iloc[-1]:.3f}, test acc {self.test_acc:.4f}")
-
-
-def device_for(config: TrainConfig, context: distributed.Context) -> torch.device:
-    """``config.device``; under torchrun on CUDA, the local rank's GPU."""
-    device = resolve_device(config.device)
-    if context.distributed and device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", context.local_rank)
-    return device
 
 
 def learning_rate(config: TrainConfig, epoch: int) -> float:
@@ -98,7 +89,7 @@ class _Training:
 
     def __init__(self, config: TrainConfig, context: distributed.Context, genotype: Genotype | None):
         self.config, self.context, self.genotype = config, context, genotype
-        self.device = device_for(config, context)
+        self.device = distributed.device_for(config.device, context)
         distributed.check_batch(config.batch_size, context)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.dataset = resolve_dataset_name(config.dataset, config.data_dir)
@@ -267,12 +258,12 @@ def run_train(config: TrainConfig, resume: bool = False, overrides: dict | None 
     if state is not None:
         config = dataclasses.replace(resumed_config(state, overrides), out=config.out, progress=config.progress,
                                      device=config.device, workers=config.workers)
-    else:  # a bad genotype fails at once, before the dataset is even looked for
-        training_genotype(config)
+        genotype = training_genotype(config)
+    else:
+        genotype = training_genotype(config)  # a bad genotype fails at once, before the dataset is looked for
         # record the dataset "auto" stands for, so that config.yaml repeats this very run
         config = dataclasses.replace(config, dataset=resolve_dataset_name(config.dataset, config.data_dir))
-    genotype = training_genotype(config)
-    distributed.setup(context, device_for(config, context))
+    distributed.setup(context, distributed.device_for(config.device, context))
     try:
         return _run(config, context, genotype, out, state, on_epoch_end)
     finally:
@@ -374,4 +365,4 @@ def plot_curves(history: pd.DataFrame, path: str | Path) -> None:
     plt.close(fig)
 
 
-__all__ = ["run_train", "TrainResult", "learning_rate", "resumed_config", "device_for"]
+__all__ = ["run_train", "TrainResult", "learning_rate", "resumed_config"]
