@@ -13,7 +13,7 @@ import torch
 
 from bionas.attack import (ATTACKS, AttackModel, craft, gradient_mode, isolated_random_state, load_target, markdown_table,
                            masking_warnings, resolve_config, run_attack, variants)
-from bionas.attack.onepixel import BatchedOnePixel
+from bionas.attack.onepixel import BatchedOnePixel, distinct_partners, population_size
 from bionas.cli import main
 from bionas.errors import ConfigError
 from bionas.rules.convert import rule_layers
@@ -54,7 +54,7 @@ def test_every_attack_runs_and_never_beats_clean_accuracy(checkpoints, tmp_path)
     assert np.array_equal(np.random.get_state()[1], np_state[1]) and random.getstate() == py_state
     table = pd.read_csv(tmp_path / "a" / "results.csv")
     for column in ["model", "attack", "gradient", "clean_acc", "robust_acc", "success_rate", "n_images", "seconds",
-                   "params", "eps", "alpha", "steps", "n_queries", "pixels", "popsize", "eot_iter", "source"]:
+                   "params", "eps", "alpha", "steps", "n_queries", "pixels", "popsize", "members", "eot_iter", "source"]:
         assert column in table.columns, column
     attacks = set(table["attack"])
     assert attacks == {"Clean", *(v.label for v in variants(small_suite(checkpoints, tmp_path / "b")))}
@@ -65,6 +65,9 @@ def test_every_attack_runs_and_never_beats_clean_accuracy(checkpoints, tmp_path)
     assert set(fa[fa["attack"] == "PGD"]["gradient"]) == {"exact", "rule"}
     assert set(fa[fa["attack"] == "Square"]["gradient"]) == {"none"}
     assert set(table[(table["model"] == "bp") & (table["attack"] == "PGD")]["gradient"]) == {"exact"}
+    # the transfer source (bp) is not attacked by its own examples; the other model is
+    assert "Transfer" not in set(table[table["model"] == "bp"]["attack"])
+    assert "Transfer" in set(fa["attack"])
     # Attacks that ascend the loss of the true label (FGSM, PGD, APGD with exact gradients) only
     # remove correct answers, up to one image; the others may also turn a wrong answer right by
     # chance (TPGD pushes away from the model's own prediction, random search and one-pixel act on
@@ -148,6 +151,36 @@ def test_batched_one_pixel_changes_exactly_k_pixels_and_repeats(checkpoints, cif
     changed = ((a - x).abs().sum(1) > 0).sum((1, 2))  # pixels changed per image
     assert (changed <= 3).all() and (changed >= 1).all()
     assert a.min() >= 0 and a.max() <= 1
+
+
+def test_one_pixel_population_and_partners_follow_torchattacks_and_scipy():
+    # torchattacks' OnePixel(popsize=10) on RGB: SciPy gets max(1, 10 // 5k) x 5k members
+    assert [population_size(10, k) for k in range(1, 6)] == [10, 10, 15, 20, 25]
+    assert population_size(10, 1, channels=1) == 9 and population_size(2, 1, channels=1) == 5  # SciPy's floor
+    gen = torch.Generator().manual_seed(0)
+    r1, r2 = distinct_partners(5, 4000, gen)
+    own = torch.arange(5)[None].expand_as(r1)
+    assert ((r1 != own) & (r2 != own) & (r1 != r2)).all()
+    assert r1.min() == 0 and r1.max() == 4 and r2.min() == 0 and r2.max() == 4
+    # uniform over the 12 ordered pairs (r1, r2) a member can have: each pair ~1/12 of 4000 draws
+    pairs = torch.stack([r1[:, 0], r2[:, 0]], 1)
+    counts = torch.unique(pairs, dim=0, return_counts=True)[1]
+    assert len(counts) == 12 and counts.min() > 4000 / 12 * 0.75 and counts.max() < 4000 / 12 * 1.25
+
+
+def test_one_pixel_attack_uses_the_reference_population(checkpoints, cifar10_small, monkeypatch):
+    target = load_target(str(checkpoints["bp"]), torch.device("cpu"))
+    x, y = cifar10_small[1].images[:4].float() / 255, cifar10_small[1].labels[:4]
+    seen = []
+    attack = BatchedOnePixel(target.model, pixels=3, steps=1, popsize=10, seed=0)
+    original = attack._true_class_probability
+    monkeypatch.setattr(attack, "_true_class_probability", lambda i, g, lab: seen.append(g.shape[1]) or original(i, g, lab))
+    attack(x, y)
+    assert seen and set(seen) == {15}
+    seen.clear()
+    attack.members = 7
+    attack(x, y)
+    assert set(seen) == {7}
 
 
 def test_masking_warning_and_table_layout():

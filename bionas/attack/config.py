@@ -40,7 +40,10 @@ class AttackConfig:
     onepixel_pixels: list[int] = option(help="one-pixel attack: the pixel counts, one row each", ge=1,
                                         factory=lambda: [1, 2, 3, 4, 5])
     onepixel_steps: int = option(10, "one-pixel differential-evolution steps", ge=1)
-    onepixel_popsize: int = option(10, "one-pixel population", ge=4)
+    onepixel_popsize: int = option(10, "one-pixel population in torchattacks' meaning (10: 10, 10, 15, 20, 25 members "
+                                   "for 1..5 pixels)", ge=1)
+    onepixel_members: int | None = option(None, "one-pixel members per image, overriding onepixel_popsize "
+                                          "(null: as torchattacks)", ge=4)
     transfer_steps: int = option(10, "PGD steps on the source (exact gradients, random start)", ge=1)
     seed: int = option(0, "seed of the subset and of the attacks", flag="--seed")
     batch_size: int = option(250, "images per attack batch", ge=1, flag="--batch-size")

@@ -54,7 +54,7 @@ from bionas.train.model import Trained, load_trained
 log = logging.getLogger(__name__)
 
 PARAM_COLUMNS = ["eps", "alpha", "steps", "random_start", "n_restarts", "eot_iter", "loss", "n_queries", "p_init",
-                 "pixels", "popsize", "seed", "source"]
+                 "pixels", "popsize", "members", "seed", "source"]
 
 
 @dataclass
@@ -238,8 +238,10 @@ def run_attack(config: AttackConfig, resume: bool = False, overrides: dict | Non
         save_csv(pd.DataFrame(rows), out / PARTIAL)
 
     transfer_x = None
+    source_path = checkpoint_path(config.source).resolve() if config.source else None
     if any(v.kind == "transfer" for v in chosen) and any((t.name, v.label, "source-exact") not in finished
-                                                         for t in targets for v in chosen if v.kind == "transfer"):
+                                                         for t in targets for v in chosen if v.kind == "transfer"
+                                                         if t.path.resolve() != source_path):
         start = time.perf_counter()
         transfer_x = transfer_examples(config, x, y, device)
         transfer_seconds = time.perf_counter() - start
@@ -261,7 +263,10 @@ def run_attack(config: AttackConfig, resume: bool = False, overrides: dict | Non
         bar = tqdm(total=work, desc=target.name, leave=False, disable=None if config.progress else True)
         for variant in chosen:
             if variant.kind == "transfer":
-                if (target.name, variant.label, "source-exact") not in finished:
+                if target.path.resolve() == source_path:  # crafted on this model: white-box, not transfer
+                    log.info("%s is the transfer source: no transfer row (it would be a white-box PGD on itself)",
+                             target.name)
+                elif (target.name, variant.label, "source-exact") not in finished:
                     robust = predict(model, transfer_x, config.batch_size) == y
                     record(_row(base, variant.label, "source-exact", clean, robust, transfer_seconds,
                                 variant.params))
@@ -364,6 +369,9 @@ def markdown_table(results: pd.DataFrame, warnings: list[str]) -> str:
     text = "\n".join(lines) + (f"\n\nRobust accuracy (%) on {n} test images. White-box cells of models with "
                                f"non-bp rules read `exact / rule`: attacked through the true gradient / through "
                                f"the models' own learning rules. Black-box attacks (OPk, Square) use no gradient.\n")
+    if (results["attack"] == "Transfer").any():
+        text += ("Transfer: PGD examples crafted on the source model with exact gradients; the source "
+                 "itself has no transfer cell (it would be a white-box attack on itself).\n")
     if warnings:
         text += "\n" + "\n".join(f"* {w}" for w in warnings) + "\n"
     return text
