@@ -50,7 +50,8 @@ ATTACKS: Registry[Callable[[AttackConfig], list[Variant]]] = Registry("attack")
 @ATTACKS.register("onepixel")
 def onepixel(c: AttackConfig) -> list[Variant]:
     return [Variant(f"OP{k}", "black", {"pixels": k, "steps": c.onepixel_steps, "popsize": c.onepixel_popsize,
-                                        "members": c.onepixel_members, "seed": c.seed}, lambda m, p: BatchedOnePixel(m, **p))
+                                        "members": c.onepixel_members, "seed": c.seed},
+                    lambda m, p: BatchedOnePixel(m, **p))
             for k in c.onepixel_pixels]
 
 
