@@ -1,29 +1,43 @@
 """``bionas reproduce EXPERIMENT --scale smoke|mini|paper``: the paper's claims as runs and a table.
 
-An experiment is a declarative list of :class:`Run` s -- searches and trainings made by the
-ordinary commands, each a folder under ``ROOT/SCALE/`` -- and an aggregation that turns their
-saved results into ``table.md``, ``runs.csv`` (every run's numbers) and a plot. A finished run
-(its ``genotype.json`` / ``results.json``) is skipped, a killed one resumes from its checkpoint,
-so a table can be built over several sittings or machines; ``--dry-run`` lists the runs and an
-estimate of their cost.
+An experiment is a declarative list of :class:`Run` s -- searches, trainings and attack runs made
+by the ordinary commands, each a folder under ``ROOT/SCALE/`` -- and an aggregation that turns
+their saved results into ``table.md``, ``runs.csv`` (every run's numbers) and a plot. A finished
+run (its ``genotype.json`` / ``results.json`` / ``results.csv``) is skipped, a killed one resumes
+from its checkpoint (attacks from their finished rows), so a table can be built over several
+sittings or machines; ``--dry-run`` lists the runs and an estimate of their cost. Runs are named
+by what they are, not by the experiment (``search_s0``, ``train_s0_mixed``, ``train_s0_resnet56_fa``),
+so experiments under one root share them: each run is made once.
 
-Experiments (registered in ``EXPERIMENTS``):
+Experiments (registered in ``EXPERIMENTS``), after the BioNAS paper's sections 4 and 7:
 
-* ``mixed_vs_single`` -- BioNAS claims 1 and 2 (sections 4.1-4.2, Tables 1 and 5): per seed, a
+* ``mixed_vs_single`` -- claims 1 and 2 (sections 4.1-4.2, Tables 1 and 5): per seed, a
   BioNAS-DARTS search, then its cell retrained with the rules the search chose (``mixed``), with
   each single rule on every edge (bp, fa, usf, brsf, frsf), with random rules on the searched
   ops (Table 5), and a random cell of the same space (random ops and rules: the "Random" row).
   The table gives mean and standard deviation over seeds and, for ``mixed`` against every other
   row, the per-seed differences with their mean and whether it exceeds twice its standard error.
+* ``table1`` -- Tables 1 and 3: BioNAS-DARTS, BioNAS-EG and the HL-PC space's searched cells
+  (each retrained with its own rules), DARTS V2 retrained by backprop, and ResNet-20 / ResNet-56
+  with each single rule; test error beside the paper's, and per search method its final
+  validation accuracy and cost (Table 3's columns).
+* ``dynamics`` -- claim 4 (section 4.3, Figures 3-6): the learning dynamics the retrainings of
+  ``mixed_vs_single`` record, through ``bionas analyze`` per seed, and a table of gradient
+  variance, update angles and weight kurtosis, mixed against each single rule, paired per seed.
+* ``robustness`` -- Table 4: the attack suite on BioNAS-DARTS (``mixed``) and ResNet-56 with each
+  single rule, exact- and rule-gradient cells; the transfer attack is crafted on a ResNet-20
+  trained by backprop (not one of the targets, so no target is attacked white-box as "transfer").
 
 Scales: ``smoke`` (minutes; tests), ``mini`` (the ``mini`` search preset, 10-epoch retraining on
-5,000 images: hours on a CPU), ``paper`` (the paper's settings, for a GPU).
+5,000 images, attacks on 250 test images: hours on a CPU), ``paper`` (the paper's settings, for
+a GPU).
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -39,19 +53,29 @@ log = logging.getLogger(__name__)
 SINGLE_RULES = ("bp", "fa", "usf", "brsf", "frsf")
 
 # per scale: the presets and overrides of each command, and rough costs (seconds on 2 CPU cores
-# for smoke and mini, on one GPU for paper) for --dry-run
+# for smoke and mini, on one GPU for paper) for --dry-run: keys are commands, or command/kind for
+# the runs whose cost differs by model or method
 SCALES: dict[str, dict] = {
-    "smoke": {"search": ("smoke", {"epochs": 2, "steps_per_epoch": 3}), "train": ("smoke", {"epochs": 1,
-                                                                                            "per_class": 50,
-                                                                                            "test_per_class": 20}),
-              "cost": {"search": 60, "train": 15}},
+    "smoke": {"search": ("smoke", {"epochs": 2, "steps_per_epoch": 1, "per_class": 10, "batch_size": 16,
+                                   "partial_channels": 4,
+                                   "strategy_options": {"eg": {"warmup_epochs": 1, "population": 4, "restarts": 1,
+                                                               "score_chunk": 4}}}),
+              "train": ("smoke", {"epochs": 1, "per_class": 10, "test_per_class": 5, "steps_per_epoch": 2,
+                                  "dynamics": True, "dynamics_every": 2}),
+              "attack": ("quick", {"n": 20, "square_queries": 20, "onepixel_steps": 2, "batch_size": 20, "pgd_steps": 2,
+                                   "transfer_steps": 2,
+                                   "attacks": ["fgsm", "pgd", "square", "onepixel", "transfer"]}),
+              "cost": {"search": 60, "train": 15, "attack": 60}},
     # mini and paper retrainings record their learning dynamics (claim 4, +4% time): bionas analyze
     "mini": {"search": ("mini", {}), "train": ("short", {"test_per_class": 200, "dynamics": True}),
-             "cost": {"search": 40 * 60, "train": 14 * 60}},
+             "attack": ("full", {"n": 250}),
+             "cost": {"search": 40 * 60, "search/hlpc": 55 * 60, "train": 14 * 60, "train/resnet20": 2 * 60,
+                      "train/resnet56": 5 * 60, "attack": 45 * 60}},
     "paper": {"search": ("paper", {}), "train": (None, {"dynamics": True, "dynamics_every": 200}),
-              "cost": {"search": 1.4 * 86400, "train": 1.5 * 86400}},
+              "attack": ("full", {"n": 1000, "square_queries": 5000}),
+              "cost": {"search": 1.4 * 86400, "search/eg": 0.35 * 86400, "train": 1.5 * 86400,
+                       "train/resnet20": 0.1 * 86400, "train/resnet56": 0.25 * 86400, "attack": 0.1 * 86400}},
 }
-
 
 @dataclass(frozen=True)
 class Run:
@@ -59,12 +83,19 @@ class Run:
     value ``"@RUN/FILE"`` names a file of another run of the experiment (made first)."""
 
     name: str
-    command: str  # search | train | random_cell
+    command: str  # search | train | random_cell | attack
     options: dict = field(default_factory=dict)
     labels: dict = field(default_factory=dict)  # what the table groups by (seed, variant)
+    kind: str = ""  # for the cost estimate: resnet20, eg, hlpc, ...
 
     def finished(self, root: Path) -> bool:
-        marker = {"search": "genotype.json", "train": "results.json", "random_cell": "genotype.json"}[self.command]
+        marker = {"search": "genotype.json", "train": "results.json", "random_cell": "genotype.json",
+                  "attack": "results.csv"}[self.command]
+        return (root / self.name / marker).is_file()
+
+    def resumable(self, root: Path) -> bool:
+        """A killed run that continues where it stopped (a checkpoint; an attack's finished rows)."""
+        marker = "config.yaml" if self.command == "attack" else "checkpoint.pt"
         return (root / self.name / marker).is_file()
 
 
@@ -77,47 +108,134 @@ class Experiment:
 EXPERIMENTS: Registry[Callable[[str, list[int]], Experiment]] = Registry("experiment")
 
 
+def _darts_search(s: int) -> Run:
+    return Run(f"search_s{s}", "search", {"method": "darts", "seed": s}, {"seed": s, "variant": "search"})
+
+
+def _searched_cell(s: int, variant: str = "mixed", **extra) -> Run:
+    """The seed's BioNAS-DARTS cell retrained: with its own rules (``mixed``) or as ``extra`` says."""
+    return Run(f"train_s{s}_{variant}", "train", {"genotype": f"@search_s{s}/genotype.json", "seed": s, **extra},
+               {"seed": s, "variant": variant})
+
+
+def _resnet(s: int, depth: int, rule: str) -> Run:
+    return Run(f"train_s{s}_resnet{depth}_{rule}", "train", {"model": f"resnet{depth}", "rule": rule, "seed": s},
+               {"seed": s, "variant": f"ResNet{depth} {rule}"}, kind=f"resnet{depth}")
+
+
 @EXPERIMENTS.register("mixed_vs_single")
 def mixed_vs_single(scale: str, seeds: list[int]) -> Experiment:
     runs = []
     for s in seeds:
-        runs.append(Run(f"search_s{s}", "search", {"method": "darts", "seed": s}, {"seed": s, "variant": "search"}))
-        searched = f"@search_s{s}/genotype.json"
-        variants = [("mixed", {}), *((r, {"rule": r}) for r in SINGLE_RULES), ("random_rules", {"random_rules": True})]
-        for variant, extra in variants:
-            runs.append(Run(f"train_s{s}_{variant}", "train", {"genotype": searched, "seed": s, **extra},
-                            {"seed": s, "variant": variant}))
+        runs.append(_darts_search(s))
+        runs.append(_searched_cell(s))
+        runs += [_searched_cell(s, r, rule=r) for r in SINGLE_RULES]
+        runs.append(_searched_cell(s, "random_rules", random_rules=True))
         runs.append(Run(f"random_cell_s{s}", "random_cell", {"seed": s}, {"seed": s, "variant": "random_cell"}))
         runs.append(Run(f"train_s{s}_random_cell", "train", {"genotype": f"@random_cell_s{s}/genotype.json", "seed": s},
                         {"seed": s, "variant": "random_cell"}))
     return Experiment(runs, _mixed_vs_single_table)
 
 
+# The paper's numbers (BioNAS, Tables 1, 3 and 4) that the tables print beside ours: CIFAR-10 test
+# error (%), search validation accuracy (%) and cost (GPU-days), robust accuracy (%).
+PAPER_ERROR = {"BioNAS-DARTS": 4.84, "BioNAS-EG": 7.16, "BioNAS-DARTS-HL-PC": 18.08, "DARTS V2 (bp)": 2.76,
+               "ResNet20 bp": 8.63, "ResNet20 fa": 32.16, "ResNet20 usf": 10.05, "ResNet20 brsf": 11.02,
+               "ResNet20 frsf": 11.20, "ResNet56 bp": 8.30, "ResNet56 fa": 34.88, "ResNet56 usf": 8.20,
+               "ResNet56 brsf": 8.69, "ResNet56 frsf": 9.49}
+PAPER_SEARCH = {"BioNAS-DARTS": (85.83, 1.37), "BioNAS-EG": (81.16, 0.35)}
+PAPER_ROBUST = {  # attack -> (ResNet56 fa, usf, frsf, brsf, bp, BioNAS-DARTS)
+    "Clean": (65.8, 91.6, 89.8, 89.8, 92.0, 95.16), "OP1": (47.8, 63.8, 62.6, 65.4, 59.6, 90.9),
+    "OP2": (40.6, 44.0, 42.4, 45.0, 35.8, 89.4), "OP3": (38.2, 38.4, 40.6, 42.0, 32.4, 87.5),
+    "OP4": (38.2, 36.4, 38.6, 40.4, 32.0, 86.2), "OP5": (38.0, 34.4, 35.4, 38.0, 28.2, 84.9),
+    "FGSM": (61.7, 14.6, 18.8, 73.4, 12.5, 61.1), "PGD": (63.3, 0.0, 0.0, 0.0, 0.0, 60.6),
+    "TPGD": (67.2, 40.6, 46.1, 50.0, 33.6, 67.5), "APGD": (33.6, 0.0, 0.0, 0.0, 0.0, 67.0),
+    "Square": (34.6, 53.4, 55.3, 46.6, 51.6, 58.54), "Transfer": (25.0, 51.04, 46.25, 44.38, 44.7, 53.54)}
+ROBUST_MODELS = ("ResNet56 fa", "ResNet56 usf", "ResNet56 frsf", "ResNet56 brsf", "ResNet56 bp", "BioNAS-DARTS")
+
+
+@EXPERIMENTS.register("table1")
+def table1(scale: str, seeds: list[int]) -> Experiment:
+    runs = []
+    for s in seeds:
+        runs += [_darts_search(s), _searched_cell(s)]
+        runs.append(Run(f"search_eg_s{s}", "search", {"method": "eg", "seed": s}, {"seed": s, "variant": "search"},
+                        kind="eg"))
+        runs.append(Run(f"train_s{s}_eg", "train", {"genotype": f"@search_eg_s{s}/genotype.json", "seed": s},
+                        {"seed": s, "variant": "BioNAS-EG"}))
+        runs.append(Run(f"search_hlpc_s{s}", "search", {"method": "darts", "space": "bionas_hl_pc", "seed": s},
+                        {"seed": s, "variant": "search"}, kind="hlpc"))
+        runs.append(Run(f"train_s{s}_hlpc", "train", {"genotype": f"@search_hlpc_s{s}/genotype.json",
+                                                      "space": "bionas_hl_pc", "seed": s},
+                        {"seed": s, "variant": "BioNAS-DARTS-HL-PC"}))
+        runs.append(Run(f"train_s{s}_darts_v2", "train", {"genotype": "darts_v2", "space": "darts", "seed": s},
+                        {"seed": s, "variant": "DARTS V2 (bp)"}))
+        runs += [_resnet(s, depth, r) for depth in (20, 56) for r in SINGLE_RULES]
+    return Experiment(runs, _table1)
+
+
+@EXPERIMENTS.register("dynamics")
+def dynamics(scale: str, seeds: list[int]) -> Experiment:
+    runs = []
+    for s in seeds:
+        runs += [_darts_search(s), _searched_cell(s), *(_searched_cell(s, r, rule=r) for r in SINGLE_RULES)]
+    return Experiment(runs, _dynamics_table)
+
+
+@EXPERIMENTS.register("robustness")
+def robustness(scale: str, seeds: list[int]) -> Experiment:
+    runs = []
+    for s in seeds:
+        targets = [_resnet(s, 56, r) for r in ("fa", "usf", "frsf", "brsf", "bp")]
+        source = _resnet(s, 20, "bp")
+        runs += [_darts_search(s), _searched_cell(s), *targets, source]
+        runs.append(Run(f"attack_s{s}", "attack", {
+            "checkpoints": [f"@{t.name}/checkpoint.pt" for t in targets] + [f"@train_s{s}_mixed/checkpoint.pt"],
+            "source": f"@{source.name}/checkpoint.pt", "seed": s}, {"seed": s, "variant": "attack"}))
+    return Experiment(runs, _robustness_table)
+
+
 def plan(experiment: str, scale: str, seeds: list[int]) -> Experiment:
+    """The experiment's runs; ``all``: every experiment's, each shared run once (its aggregation
+    writes every experiment's table)."""
     if scale not in SCALES:
         raise ConfigError(f"unknown scale {scale!r}; choose from {', '.join(SCALES)}")
-    return EXPERIMENTS.get(experiment)(scale, seeds)
+    if experiment != "all":
+        return EXPERIMENTS.get(experiment)(scale, seeds)
+    parts = {name: EXPERIMENTS.get(name)(scale, seeds) for name in EXPERIMENTS.names()}
+    runs = list({r.name: r for part in parts.values() for r in part.runs}.values())
+
+    def aggregate(_runs: list[Run], root: Path, out: Path) -> str:
+        index = []
+        for name, part in parts.items():
+            _write_table(part, root, root / name)
+            index.append(f"* {name}: {root / name / 'table.md'}")
+        return "\n".join(index) + "\n"
+
+    return Experiment(runs, aggregate)
 
 
 def estimate(runs: list[Run], scale: str, root: Path) -> tuple[list[dict], float]:
     """Each run's state and estimated cost (seconds); the total for the runs left."""
     cost = SCALES[scale]["cost"]
     rows = [{"run": r.name, "command": r.command, "state": "done" if r.finished(root) else
-             ("resumable" if (root / r.name / "checkpoint.pt").exists() else "to run"),
-             "estimate_s": cost.get(r.command, 1)} for r in runs]
+             ("resumable" if r.resumable(root) else "to run"),
+             "estimate_s": cost.get(f"{r.command}/{r.kind}", cost.get(r.command, 1))} for r in runs]
     return rows, sum(r["estimate_s"] for r in rows if r["state"] != "done")
 
 
 def _resolved(options: dict, root: Path) -> dict:
-    out = {}
-    for k, v in options.items():
+    def one(v):
+        if isinstance(v, list):
+            return [one(x) for x in v]
         if isinstance(v, str) and v.startswith("@"):
             path = root / v[1:]
             if not path.is_file():
                 raise ConfigError(f"{path} is missing: run the experiment's earlier runs first")
-            v = str(path)
-        out[k] = v
-    return out
+            return str(path)
+        return v
+
+    return {k: one(v) for k, v in options.items()}
 
 
 def execute(run: Run, scale: str, root: Path, data_dir: str | None, device: str) -> None:
@@ -133,10 +251,12 @@ def execute(run: Run, scale: str, root: Path, data_dir: str | None, device: str)
     options = {**extra, **_resolved(run.options, root), "out": str(out), "progress": False, "device": device}
     if data_dir is not None:
         options["data_dir"] = data_dir
-    resume = (out / "checkpoint.pt").is_file()
+    resume = run.resumable(root)
     log.info("%s %s (%s)", "resuming" if resume else "running", run.name, run.command)
     if run.command == "search":
         from bionas.search import resolve_config, run_search as start
+    elif run.command == "attack":
+        from bionas.attack import resolve_config, run_attack as start
     else:
         from bionas.train import resolve_config, run_train as start
     start(resolve_config(preset, None, options), resume=resume)
@@ -162,9 +282,153 @@ def results_frame(runs: list[Run], root: Path) -> pd.DataFrame:
         if r.command != "train" or not r.finished(root):
             continue
         res = json.loads((root / r.name / "results.json").read_text())
+        info_path = root / r.name / "run_info.json"
+        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
         rows.append({**r.labels, "run": r.name, "test_acc": res["test_acc"], "test_loss": res.get("test_loss"),
-                     "train_seconds": res.get("train_seconds")})
+                     "train_seconds": res.get("train_seconds"),
+                     "parameters": info.get("parameters_without_auxiliary", info.get("parameters"))})
     return pd.DataFrame(rows)
+
+
+def search_frame(runs: list[Run], root: Path) -> pd.DataFrame:
+    """One row per finished search: its last epoch's validation accuracy and mixing entropy, and
+    its cost (the sum of its epochs' wall seconds)."""
+    rows = []
+    for r in runs:
+        if r.command != "search" or not r.finished(root):
+            continue
+        history = pd.read_csv(root / r.name / "search_log.csv")
+        last = history.iloc[-1]
+        rows.append({**r.labels, "run": r.name, "method": r.options.get("method"),
+                     "space": r.options.get("space", "bionas"), "epochs": int(last["epoch"]),
+                     "val_acc": float(last["val_acc"]), "search_seconds": float(history["seconds"].sum()),
+                     "mixing_entropy": float(last["mixing_entropy"]) if "mixing_entropy" in history else math.nan})
+    return pd.DataFrame(rows)
+
+
+def _mean_sd(values: pd.Series, scale: float = 1.0, digits: int = 2) -> str:
+    values = values.dropna() * scale
+    if len(values) == 0:
+        return "-"
+    mean = f"{values.mean():.{digits}f}"
+    return f"{mean} +- {values.std():.{digits}f}" if len(values) > 1 else mean
+
+
+def _table1(runs: list[Run], root: Path, out: Path) -> str:
+    from bionas.io import save_csv
+
+    frame, searches = results_frame(runs, root), search_frame(runs, root)
+    if frame.empty:
+        return "no finished training runs yet\n"
+    frame["variant"] = frame["variant"].replace({"mixed": "BioNAS-DARTS"})
+    save_csv(frame, out / "runs.csv")
+    save_csv(searches, out / "searches.csv")
+    order = list(PAPER_ERROR)
+    lines = ["Table 1 (CIFAR-10 test error, %): the paper's number, ours (mean +- sd over seeds)", "",
+             "| model | paper | ours | seeds | parameters (M) |", "|---|---:|---:|---:|---:|"]
+    for variant in [v for v in order if v in set(frame.variant)]:
+        sub = frame[frame.variant == variant]
+        lines.append(f"| {variant} | {PAPER_ERROR[variant]:.2f} | {_mean_sd(1 - sub['test_acc'], 100)} | {len(sub)} | "
+                     f"{sub['parameters'].mean() / 1e6:.2f} |")
+    lines += ["", "Table 3 (search): final validation accuracy of the supernet (%), cost, mixing entropy at "
+              "the end (1 = the uniform start)", "",
+              "| method | paper val | ours val | paper GPU-days | ours: CPU hours (sum of epochs) | entropy | seeds |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    names = {("darts", "bionas"): "BioNAS-DARTS", ("eg", "bionas"): "BioNAS-EG",
+             ("darts", "bionas_hl_pc"): "BioNAS-DARTS-HL-PC"}
+    for (method, space), sub in searches.groupby(["method", "space"], sort=False) if len(searches) else []:
+        name = names.get((method, space), f"{method} on {space}")
+        paper_val, paper_days = PAPER_SEARCH.get(name, (math.nan, math.nan))
+        lines.append(f"| {name} | {paper_val:.2f} | {_mean_sd(sub['val_acc'], 100)} | {paper_days:.2f} | "
+                     f"{_mean_sd(sub['search_seconds'], 1 / 3600)} | {_mean_sd(sub['mixing_entropy'], 1, 3)} | "
+                     f"{len(sub)} |".replace("| nan |", "| - |"))
+    _plot(frame, [v for v in order if v in set(frame.variant)], out / "accuracy.png",
+          "Table 1 rows: test accuracy (bars: mean, dots: seeds)", highlight="BioNAS-DARTS")
+    return "\n".join(lines) + "\n"
+
+
+def _dynamics_table(runs: list[Run], root: Path, out: Path) -> str:
+    """``bionas analyze`` on each seed's retrainings (figures per seed), and a table over seeds of
+    each variant's whole-network statistics, with mixed against each single rule paired per seed
+    (gradient variance as a log10 ratio: below 0 means mixed rules had the lower variance)."""
+    from bionas.analyze import analyze
+    from bionas.io import save_csv
+
+    trains = [r for r in runs if r.command == "train" and r.finished(root)
+              and (root / r.name / "dynamics.csv").is_file()]
+    if not trains:
+        return "no finished training runs with recorded dynamics yet\n"
+    rows = []
+    for seed in sorted({r.labels["seed"] for r in trains}):
+        mine = [r for r in trains if r.labels["seed"] == seed]
+        folder = analyze([root / r.name for r in mine], out / f"seed_{seed}",
+                         labels=[r.labels["variant"] for r in mine])
+        summary = pd.read_csv(folder / "summary.csv")
+        summary = summary[summary["rule"] == "all"].assign(seed=seed)
+        rows.append(summary)
+    frame = pd.concat(rows, ignore_index=True).rename(columns={"run": "variant"})
+    save_csv(frame, out / "runs.csv")
+    stats = [("grad_variance_per_weight_mean", "gradient variance per weight (mean over windows)", "{:.2e}"),
+             ("noise_ratio_mean", "gradient noise ratio", "{:.1f}"),
+             ("update_angle_median_last_epoch", "update angle to backprop, last epoch (deg)", "{:.1f}"),
+             ("weight_kurtosis_final", "weight kurtosis at the end", "{:.2f}")]
+    lines = ["| variant | seeds | " + " | ".join(label for _, label, _ in stats) + " |",
+             "|---|---:|" + "---:|" * len(stats)]
+    order = ["mixed", *SINGLE_RULES]
+    for variant in [v for v in order if v in set(frame.variant)]:
+        sub = frame[frame.variant == variant]
+        cells = []
+        for column, _, fmt in stats:
+            v = sub[column].dropna()
+            spread = f" +- {fmt.format(v.std())}" if len(v) > 1 else ""
+            cells.append("-" if v.empty else fmt.format(v.mean()) + spread)
+        lines.append(f"| {variant} | {len(sub)} | " + " | ".join(cells) + " |")
+    lines += ["", "Mixed against each single rule, per seed: log10(variance mixed / variance single) "
+              "(negative: mixed lower)", "", "| single rule | per seed | mean | mixed lower on every seed |",
+              "|---|---|---:|---|"]
+    variance = frame.pivot_table(index="seed", columns="variant", values="grad_variance_per_weight_mean")
+    for rule in [r for r in SINGLE_RULES if r in variance and "mixed" in variance]:
+        ratio = np.log10(variance["mixed"] / variance[rule]).dropna()
+        if ratio.empty:
+            continue
+        lines.append(f"| {rule} | {', '.join(f'{v:+.2f}' for v in ratio)} | {ratio.mean():+.2f} | "
+                     f"{'yes' if (ratio < 0).all() else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def _robustness_table(runs: list[Run], root: Path, out: Path) -> str:
+    """Table 4 over seeds: robust accuracy (%) per attack and model, mean +- sd, exact / rule
+    gradient for the white-box rows of models with non-bp rules; the paper's numbers beside."""
+    from bionas.io import save_csv
+
+    names = {r.name: r.labels["variant"] for r in runs if r.command == "train"}
+    names = {k: ("BioNAS-DARTS" if v == "mixed" else v) for k, v in names.items()}
+    frames = [pd.read_csv(root / r.name / "results.csv").assign(seed=r.labels["seed"])
+              for r in runs if r.command == "attack" and r.finished(root)]
+    if not frames:
+        return "no finished attack runs yet\n"
+    frame = pd.concat(frames, ignore_index=True)
+    frame["model"] = frame["model"].map(lambda m: names.get(m, m))
+    save_csv(frame, out / "runs.csv")
+    models = [m for m in ROBUST_MODELS if m in set(frame.model)]
+    lines = ["| attack | " + " | ".join(f"{m} (paper)" for m in models) + " |", "|---|" + "---:|" * len(models)]
+    from bionas.attack.run import table_rows
+
+    for attack in table_rows(frame["attack"]):
+        cells = []
+        for m in models:
+            sub = frame[(frame.model == m) & (frame.attack == attack)]
+            by_mode = {g: _mean_sd(sub[sub.gradient == g]["robust_acc"], 100, 1) for g in dict.fromkeys(sub.gradient)}
+            cell = " / ".join(by_mode[g] for g in ("exact", "rule") if g in by_mode) or " / ".join(by_mode.values())
+            paper = PAPER_ROBUST.get(attack, (math.nan,) * 6)[ROBUST_MODELS.index(m)]
+            cells.append(f"{cell or '-'} ({paper:.1f})".replace("(nan)", "(-)"))
+        lines.append(f"| {attack} | " + " | ".join(cells) + " |")
+    n = int(frame["n_images"].iloc[0])
+    lines += ["", f"Robust accuracy (%) on {n} test images per seed, mean +- sd over "
+              f"{frame['seed'].nunique()} seed(s); white-box cells of models with non-bp rules read "
+              "`exact / rule` (attacked through the true gradient / through the models' own rules). The "
+              "transfer examples are crafted by PGD on a ResNet-20 trained by backprop (same seed)."]
+    return "\n".join(lines) + "\n"
 
 
 def _mixed_vs_single_table(runs: list[Run], root: Path, out: Path) -> str:
@@ -192,11 +456,12 @@ def _mixed_vs_single_table(runs: list[Run], root: Path, out: Path) -> str:
         se = paired.std() / math.sqrt(len(paired)) if len(paired) > 1 else math.nan
         verdict = "-" if math.isnan(se) else ("yes" if abs(paired.mean()) > 2 * se else "no")
         lines.append(row + f" {', '.join(f'{d:+.3f}' for d in paired)} | {paired.mean():+.3f} | {verdict} |")
-    _plot(frame, order, out / "accuracy.png")
+    _plot(frame, order, out / "accuracy.png",
+          "searched cell: mixed rules vs one rule, random rules, random cell (dots: seeds)")
     return "\n".join(lines) + "\n"
 
 
-def _plot(frame: pd.DataFrame, order: list[str], path: Path) -> None:
+def _plot(frame: pd.DataFrame, order: list[str], path: Path, title: str, highlight: str = "mixed") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -209,10 +474,10 @@ def _plot(frame: pd.DataFrame, order: list[str], path: Path) -> None:
     for i, v in enumerate(variants):
         acc = frame[frame.variant == v]["test_acc"].to_numpy()
         ax.scatter(np.full(len(acc), i), acc, color="black", s=14, zorder=3)
-        ax.bar(i, acc.mean(), color="tab:blue" if v == "mixed" else "lightgrey")
-    ax.set_xticks(range(len(variants)), variants, rotation=30)
+        ax.bar(i, acc.mean(), color="tab:blue" if v == highlight else "lightgrey")
+    ax.set_xticks(range(len(variants)), variants, rotation=30, ha="right")
     ax.set_ylabel("test accuracy")
-    ax.set_title("searched cell: mixed rules vs one rule, random rules, random cell (dots: seeds)")
+    ax.set_title(title)
     save_figure(fig, path)
     plt.close(fig)
 
@@ -220,7 +485,7 @@ def _plot(frame: pd.DataFrame, order: list[str], path: Path) -> None:
 def reproduce(experiment: str, scale: str, seeds: list[int], root: str | Path, data_dir: str | None = None,
               device: str = "auto", dry_run: bool = False) -> Path:
     """Run what is left of ``experiment`` at ``scale`` under ``root/scale`` and write its table."""
-    from bionas.io import atomic_open, check_output_dir, save_csv
+    from bionas.io import check_output_dir, save_csv
 
     exp = plan(experiment, scale, seeds)
     root = check_output_dir(Path(root) / scale)
@@ -228,17 +493,28 @@ def reproduce(experiment: str, scale: str, seeds: list[int], root: str | Path, d
     if dry_run:
         for r in rows:
             print(f"{r['state']:>10}  {r['command']:<11} {r['run']:<28} ~{r['estimate_s'] / 60:.0f} min")
-        print(f"{sum(r['state'] != 'done' for r in rows)} of {len(rows)} runs left, about {left / 3600:.1f} h "
-              f"({'one GPU' if scale == 'paper' else '2 CPU cores'})")
+        unit = ("GPU-hours (one GPU)" if scale == "paper"
+                else "CPU core-hours (two jobs at once on 2 cores: half the wall time)")
+        print(f"{sum(r['state'] != 'done' for r in rows)} of {len(rows)} runs left, about {left / 3600:.1f} {unit}")
         return root
-    for run in exp.runs:
+    for i, run in enumerate(exp.runs):
+        log.info("run %d of %d: %s", i + 1, len(exp.runs), run.name)
+        start = time.perf_counter()
         execute(run, scale, root, data_dir, device)
-    out = root / experiment
+        log.info("%s: %.1f s", run.name, time.perf_counter() - start)
+    out = _write_table(exp, root, root / experiment)
+    save_csv(pd.DataFrame(estimate(exp.runs, scale, root)[0]), out / "plan.csv")
+    return out
+
+
+def _write_table(exp: Experiment, root: Path, out: Path) -> Path:
+    """Aggregate the saved runs of ``exp`` into ``out`` (also: rebuild a table without running)."""
+    from bionas.io import atomic_open
+
     out.mkdir(parents=True, exist_ok=True)
     table = exp.aggregate(exp.runs, root, out)
     with atomic_open(out / "table.md") as fh:
         fh.write(table)
-    save_csv(pd.DataFrame(rows), out / "plan.csv")
     return out
 
 

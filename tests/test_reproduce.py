@@ -1,5 +1,9 @@
-"""bionas reproduce: plans, a smoke run end to end on real CIFAR-10, skipping what is done."""
+"""bionas reproduce: plans, tables against hand computation, every experiment at smoke scale on real
+CIFAR-10 end to end, and a second sitting that skips finished runs and resumes killed ones."""
+import json
+
 import pandas as pd
+import pytest
 
 from bionas.cli import main
 from bionas.reproduce import plan
@@ -28,22 +32,131 @@ def test_dry_run_lists_runs_and_cost_and_bad_names_are_one_line(tmp_path, capsys
     assert "unknown scale 'huge'" in capsys.readouterr().err
 
 
-def test_smoke_scale_end_to_end_then_every_run_is_skipped(cifar10_root, tmp_path, capsys, caplog):
-    import logging
+def test_every_experiment_plans_its_rows_and_shares_runs():
+    names = {e: [r.name for r in plan(e, "mini", [0, 1, 2]).runs] for e in ("table1", "dynamics", "robustness")}
+    assert len(names["table1"]) == len(set(names["table1"])) == 3 * 17
+    assert {"search_eg_s1", "search_hlpc_s1", "train_s1_darts_v2", "train_s1_resnet56_frsf"} <= set(names["table1"])
+    attack = [r for r in plan("robustness", "mini", [1]).runs if r.command == "attack"][0]
+    assert attack.options["source"] == "@train_s1_resnet20_bp/checkpoint.pt"  # not a target: no self-transfer
+    assert "@train_s1_resnet20_bp/checkpoint.pt" not in attack.options["checkpoints"]
+    assert len(attack.options["checkpoints"]) == 6
+    every = [r.name for r in plan("all", "mini", [0]).runs]
+    assert len(every) == len(set(every))  # a run shared by experiments is made once
+    assert set(every) == {n for e in ("mixed_vs_single", "table1", "dynamics", "robustness")
+                          for n in (r.name for r in plan(e, "mini", [0]).runs)}
 
-    argv = ["reproduce", "mixed_vs_single", "--scale", "smoke", "--seeds", "0", "--root", str(tmp_path),
-            "--data-dir", str(cifar10_root)]
+
+def _fake_training(root, name, acc, parameters=1000):
+    (root / name).mkdir(parents=True)
+    (root / name / "results.json").write_text(json.dumps({"test_acc": acc, "test_loss": 1.0, "train_seconds": 1.0}))
+    (root / name / "run_info.json").write_text(json.dumps({"parameters_without_auxiliary": parameters}))
+
+
+def test_mixed_vs_single_table_against_hand_computation(tmp_path):
+    exp = plan("mixed_vs_single", "mini", [0, 1, 2])
+    accs = {"mixed": [0.60, 0.62, 0.64], "bp": [0.58, 0.57, 0.62], "fa": [0.61, 0.60, 0.66]}
+    for variant, values in accs.items():
+        for seed, acc in enumerate(values):
+            _fake_training(tmp_path, f"train_s{seed}_{variant}", acc)
+    table = exp.aggregate(exp.runs, tmp_path, tmp_path / "out").splitlines()
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in table[2:]}
+    assert list(rows) == ["mixed", "bp", "fa"]
+    # mixed: mean 0.62, sample sd 0.02
+    assert rows["mixed"][:2] == ["3", "0.620 +- 0.020"]
+    # bp: mean 0.59, sd sqrt(((-.01)^2 + (-.02)^2 + .03^2) / 2) = sqrt(0.0007) = 0.0265
+    # differences mixed - bp: +0.02, +0.05, +0.02 -> mean 0.03, sd 0.01732, SE 0.01, 0.03 > 2 SE
+    assert rows["bp"] == ["3", "0.590 +- 0.026", "+0.020, +0.050, +0.020", "+0.030", "yes"]
+    # fa: differences -0.01, +0.02, -0.02 -> mean -0.0033, sd 0.0208, SE 0.0120: within 2 SE
+    assert rows["fa"] == ["3", "0.623 +- 0.032", "-0.010, +0.020, -0.020", "-0.003", "no"]
+    runs = pd.read_csv(tmp_path / "out" / "runs.csv")
+    assert len(runs) == 9 and set(runs.columns) >= {"seed", "variant", "test_acc", "parameters"}
+
+
+def test_table1_reads_errors_and_search_costs_from_saved_runs(tmp_path):
+    exp = plan("table1", "mini", [0, 1])
+    for seed, acc in enumerate([0.80, 0.90]):
+        _fake_training(tmp_path, f"train_s{seed}_mixed", acc, parameters=2_500_000)
+        _fake_training(tmp_path, f"train_s{seed}_resnet56_usf", acc - 0.1)
+        for name, val in [("search", 0.5), ("search_eg", 0.4)]:
+            (tmp_path / f"{name}_s{seed}").mkdir()
+            (tmp_path / f"{name}_s{seed}" / "genotype.json").write_text("{}")
+            pd.DataFrame({"epoch": [1, 2], "val_acc": [0.1, val + seed / 10], "seconds": [1800.0, 1800.0 * (1 + seed)],
+                          "mixing_entropy": [0.99, 0.9]}).to_csv(tmp_path / f"{name}_s{seed}" / "search_log.csv",
+                                                                  index=False)
+    table = exp.aggregate(exp.runs, tmp_path, tmp_path / "out")
+    # errors 20% and 10%: mean 15, sd 7.07; ResNet-56 uSF 30 and 20: mean 25
+    assert "| BioNAS-DARTS | 4.84 | 15.00 +- 7.07 | 2 | 2.50 |" in table
+    assert "| ResNet56 usf | 8.20 | 25.00 +- 7.07 | 2 |" in table
+    # search val 50% and 60%; cost 1 h and 1.5 h (sum of epochs)
+    assert "| BioNAS-DARTS | 85.83 | 55.00 +- 7.07 | 1.37 | 1.25 +- 0.35 | 0.900 +- 0.000 | 2 |" in table
+    assert "| BioNAS-EG | 81.16 | 45.00 +- 7.07 | 0.35 |" in table
+    assert "HL-PC |" not in table.split("Table 3")[1]  # no finished HL-PC search: no row
+
+
+@pytest.fixture(scope="module")
+def smoke_root(cifar10_root, tmp_path_factory):
+    """Every experiment at smoke scale, one seed, made once for the tests below (~2-3 min)."""
+    root = tmp_path_factory.mktemp("reproduce")
+    argv = ["reproduce", "all", "--scale", "smoke", "--seeds", "0", "--root", str(root), "--data-dir",
+            str(cifar10_root)]
     assert main(argv) == 0
-    out = tmp_path / "smoke" / "mixed_vs_single"
-    runs = pd.read_csv(out / "runs.csv")
+    return root, argv
+
+
+def test_smoke_scale_writes_every_table_from_real_runs(smoke_root):
+    root, _ = smoke_root
+    smoke = root / "smoke"
+    runs = pd.read_csv(smoke / "mixed_vs_single" / "runs.csv")
     assert set(runs["variant"]) == {"mixed", "bp", "fa", "usf", "brsf", "frsf", "random_rules", "random_cell"}
     assert runs["test_acc"].between(0, 1).all()
-    table = (out / "table.md").read_text()
+    table = (smoke / "mixed_vs_single" / "table.md").read_text()
     assert table.splitlines()[2].startswith("| mixed | 1 |") and "| random_cell | 1 |" in table
-    assert (out / "accuracy.png").stat().st_size > 5_000
-    first = table
-    capsys.readouterr()
+    assert (smoke / "mixed_vs_single" / "accuracy.png").stat().st_size > 5_000
+    table1 = (smoke / "table1" / "table.md").read_text()
+    for row in ["BioNAS-DARTS", "BioNAS-EG", "BioNAS-DARTS-HL-PC", "DARTS V2 (bp)", "ResNet20 fa", "ResNet56 bp"]:
+        assert f"| {row} |" in table1, row
+    assert len(pd.read_csv(smoke / "table1" / "searches.csv")) == 3
+    dynamics = (smoke / "dynamics" / "table.md").read_text()
+    assert all(f"| {v} | 1 |" in dynamics for v in ["mixed", "bp", "fa", "usf", "brsf", "frsf"])
+    assert (smoke / "dynamics" / "seed_0" / "gradient_variance.png").is_file()
+    robust = pd.read_csv(smoke / "robustness" / "runs.csv")
+    assert set(robust["model"]) == {"ResNet56 fa", "ResNet56 usf", "ResNet56 frsf", "ResNet56 brsf", "ResNet56 bp",
+                                    "BioNAS-DARTS"}
+    assert {"Clean", "OP1", "FGSM", "PGD", "Square", "Transfer"} <= set(robust["attack"])
+    assert (robust[robust.attack == "Transfer"]["gradient"] == "source-exact").all()
+    assert len(robust[robust.attack == "Transfer"]) == 6  # every target, the source is none of them
+    assert "| Transfer |" in (smoke / "robustness" / "table.md").read_text()
+
+
+def test_a_second_sitting_skips_finished_runs_and_redoes_only_the_killed(smoke_root, caplog):
+    import logging
+    import shutil
+
+    root, argv = smoke_root
+    smoke = root / "smoke"
+    tables = {e: (smoke / e / "table.md").read_text() for e in ("mixed_vs_single", "table1", "robustness")}
+    runs = plan("all", "smoke", [0]).runs
     with caplog.at_level(logging.INFO, logger="bionas.reproduce"):
-        assert main(argv) == 0  # a second sitting: nothing left to run
-    assert sum("done already" in r.getMessage() for r in caplog.records) == 10
-    assert (out / "table.md").read_text() == first
+        assert main(argv) == 0  # nothing left to run: the tables are rebuilt from the saved runs
+    assert sum("done already" in r.getMessage() for r in caplog.records) == len(runs)
+    assert {e: (smoke / e / "table.md").read_text() for e in tables} == tables
+    # a training lost entirely and an attack killed after its first rows: only they run again
+    shutil.rmtree(smoke / "train_s0_resnet20_fa")
+    attack = smoke / "attack_s0"
+    rows = pd.read_csv(attack / "results.csv")
+    rows.iloc[:5].to_csv(attack / "partial_results.csv", index=False)
+    for name in ("results.csv", "table.md"):
+        (attack / name).unlink()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="bionas.reproduce"):
+        assert main(argv) == 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("done already" in m for m in messages) == len(runs) - 2
+    assert "running train_s0_resnet20_fa (train)" in messages and "resuming attack_s0 (attack)" in messages
+    # the redone training is bitwise the same run, the resumed attack kept its first rows
+    assert (smoke / "table1" / "table.md").read_text() == tables["table1"]
+    resumed = pd.read_csv(attack / "results.csv")
+    pd.testing.assert_frame_equal(resumed.iloc[:5].reset_index(drop=True), rows.iloc[:5].reset_index(drop=True))
+    keys = ["model", "attack", "gradient"]
+    pd.testing.assert_frame_equal(resumed.sort_values(keys)[keys + ["robust_acc"]].reset_index(drop=True),
+                                  rows.sort_values(keys)[keys + ["robust_acc"]].reset_index(drop=True))
