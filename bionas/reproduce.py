@@ -37,6 +37,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,6 +238,103 @@ def _resolved(options: dict, root: Path) -> dict:
         return v
 
     return {k: one(v) for k, v in options.items()}
+
+
+POLL_SECONDS = 30.0  # how often a process waiting for another one's run looks again
+
+
+def _inputs(run: Run, root: Path) -> list[Path]:
+    """The files of other runs that ``run`` reads (its ``@RUN/FILE`` options)."""
+    values = [x for v in run.options.values() for x in (v if isinstance(v, list) else [v])]
+    return [root / v[1:] for v in values if isinstance(v, str) and v.startswith("@")]
+
+
+class RunLock:
+    """A claim on one run, so that several processes can share an experiment (one per core, or
+    several machines on one file system): ``ROOT/.locks/RUN`` holds ``host pid``. A lock left by
+    a process that died on this host is taken over; one from another host is respected until
+    deleted by hand."""
+
+    def __init__(self, root: Path, name: str):
+        self.path = root / ".locks" / name
+        self.owner = f"{socket.gethostname()} {os.getpid()}"
+
+    def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                if not self._stale():
+                    return False
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(self.owner)
+            return True
+        return False
+
+    def holder(self) -> str:
+        try:
+            return self.path.read_text().strip()
+        except FileNotFoundError:
+            return ""
+
+    def _stale(self) -> bool:
+        host, _, pid = self.holder().partition(" ")
+        if host != socket.gethostname() or not pid.isdigit():
+            return False
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def release(self) -> None:
+        if self.holder() == self.owner:
+            self.path.unlink(missing_ok=True)
+
+
+def run_all(runs: list[Run], scale: str, root: Path, data_dir: str | None, device: str) -> None:
+    """Make every run not finished yet, in order, each once across processes: a run another
+    process holds, or one whose inputs another process is still making, is passed over and
+    taken up again later; with nothing else to do, wait for the other process."""
+    pending, number = list(runs), {r.name: i + 1 for i, r in enumerate(runs)}
+    while pending:
+        waiting, progressed = [], False
+        for run in pending:
+            if run.finished(root):
+                log.info("done already: %s", run.name)
+                progressed = True
+                continue
+            missing = [p for p in _inputs(run, root) if not p.is_file()]
+            lock = RunLock(root, run.name)
+            if missing or not lock.acquire():
+                if not missing:
+                    log.info("%s is being made by another process (%s); later", run.name, lock.holder())
+                waiting.append(run)
+                continue
+            try:
+                log.info("run %d of %d: %s", number[run.name], len(runs), run.name)
+                start = time.perf_counter()
+                execute(run, scale, root, data_dir, device)
+                log.info("%s: %.1f s", run.name, time.perf_counter() - start)
+            finally:
+                lock.release()
+            progressed = True
+        if waiting and not progressed:
+            held = [r.name for r in waiting if RunLock(root, r.name).holder()]
+            if not held:
+                run = waiting[0]
+                missing = [p for p in _inputs(run, root) if not p.is_file()][0]
+                raise ConfigError(f"{run.name} needs {missing}, which no run of the experiment made; check "
+                                  f"the earlier runs' logs")
+            log.info("waiting for other processes: %s (delete %s if they are gone)", ", ".join(held),
+                     root / ".locks")
+            time.sleep(POLL_SECONDS)
+        pending = waiting
 
 
 def execute(run: Run, scale: str, root: Path, data_dir: str | None, device: str) -> None:
@@ -497,11 +596,7 @@ def reproduce(experiment: str, scale: str, seeds: list[int], root: str | Path, d
                 else "CPU core-hours (two jobs at once on 2 cores: half the wall time)")
         print(f"{sum(r['state'] != 'done' for r in rows)} of {len(rows)} runs left, about {left / 3600:.1f} {unit}")
         return root
-    for i, run in enumerate(exp.runs):
-        log.info("run %d of %d: %s", i + 1, len(exp.runs), run.name)
-        start = time.perf_counter()
-        execute(run, scale, root, data_dir, device)
-        log.info("%s: %.1f s", run.name, time.perf_counter() - start)
+    run_all(exp.runs, scale, root, data_dir, device)
     out = _write_table(exp, root, root / experiment)
     save_csv(pd.DataFrame(estimate(exp.runs, scale, root)[0]), out / "plan.csv")
     return out

@@ -32,6 +32,55 @@ def test_dry_run_lists_runs_and_cost_and_bad_names_are_one_line(tmp_path, capsys
     assert "unknown scale 'huge'" in capsys.readouterr().err
 
 
+def test_run_locks_exclude_a_second_claim_and_take_over_a_dead_ones(tmp_path):
+    import subprocess
+    import sys
+
+    from bionas.reproduce import RunLock
+
+    first, second = RunLock(tmp_path, "search_s0"), RunLock(tmp_path, "search_s0")
+    assert first.acquire() and not second.acquire()
+    second.owner = "elsewhere 1"
+    second.release()  # not its claim: nothing happens
+    assert (tmp_path / ".locks" / "search_s0").is_file()
+    first.release()
+    assert second.acquire()
+    second.release()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / ".locks" / "x").write_text(f"{first.owner.split()[0]} {dead.pid}")
+    assert RunLock(tmp_path, "x").acquire()  # a claim of a dead process on this host is taken over
+    (tmp_path / ".locks" / "y").write_text("another-host 1")
+    assert not RunLock(tmp_path, "y").acquire()  # another host's claim cannot be checked: respected
+
+
+def test_a_process_waits_for_a_run_another_one_holds_and_names_a_missing_input(tmp_path, monkeypatch, caplog):
+    import logging
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    import bionas.reproduce as reproduce
+    from bionas.errors import ConfigError
+    from bionas.reproduce import Run, run_all
+
+    monkeypatch.setattr(reproduce, "POLL_SECONDS", 0.2)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.0)"])
+    reaper = threading.Thread(target=other.wait)
+    reaper.start()
+    (tmp_path / ".locks").mkdir()
+    (tmp_path / ".locks" / "random_cell_s0").write_text(f"{socket.gethostname()} {other.pid}")
+    with caplog.at_level(logging.INFO, logger="bionas.reproduce"):
+        run_all([Run("random_cell_s0", "random_cell", {"seed": 0})], "smoke", tmp_path, None, "cpu")
+    reaper.join()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("waiting for other processes: random_cell_s0") for m in messages)
+    assert (tmp_path / "random_cell_s0" / "genotype.json").is_file()  # made once the holder died
+    with pytest.raises(ConfigError, match="train_x needs .*nothing/genotype.json, which no run of the experiment"):
+        run_all([Run("train_x", "train", {"genotype": "@nothing/genotype.json"})], "smoke", tmp_path, None, "cpu")
+
+
 def test_every_experiment_plans_its_rows_and_shares_runs():
     names = {e: [r.name for r in plan(e, "mini", [0, 1, 2]).runs] for e in ("table1", "dynamics", "robustness")}
     assert len(names["table1"]) == len(set(names["table1"])) == 3 * 17
@@ -128,9 +177,15 @@ def test_smoke_scale_writes_every_table_from_real_runs(smoke_root):
     assert "| Transfer |" in (smoke / "robustness" / "table.md").read_text()
 
 
-def test_a_second_sitting_skips_finished_runs_and_redoes_only_the_killed(smoke_root, caplog):
+def test_a_second_sitting_skips_finished_runs_and_redoes_only_the_killed(smoke_root, caplog, monkeypatch):
     import logging
     import shutil
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    import bionas.reproduce as reproduce
 
     root, argv = smoke_root
     smoke = root / "smoke"
@@ -147,12 +202,24 @@ def test_a_second_sitting_skips_finished_runs_and_redoes_only_the_killed(smoke_r
     rows.iloc[:5].to_csv(attack / "partial_results.csv", index=False)
     for name in ("results.csv", "table.md"):
         (attack / name).unlink()
+    # ... and the lost training is claimed by another process of this host, which dies after a
+    # second: this one passes it over, makes the rest, waits, then takes the dead claim over
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
+    reaper = threading.Thread(target=other.wait)  # reaped when it ends (a zombie would count as alive)
+    reaper.start()
+    (smoke / ".locks").mkdir(exist_ok=True)
+    (smoke / ".locks" / "train_s0_resnet20_fa").write_text(f"{socket.gethostname()} {other.pid}")
+    monkeypatch.setattr(reproduce, "POLL_SECONDS", 0.5)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="bionas.reproduce"):
         assert main(argv) == 0
+    reaper.join()
     messages = [r.getMessage() for r in caplog.records]
     assert sum("done already" in m for m in messages) == len(runs) - 2
     assert "running train_s0_resnet20_fa (train)" in messages and "resuming attack_s0 (attack)" in messages
+    claimed = [i for i, m in enumerate(messages) if m.startswith("train_s0_resnet20_fa is being made by another")]
+    assert claimed and claimed[0] < messages.index("resuming attack_s0 (attack)")  # passed over first
+    assert not any((smoke / ".locks").iterdir())  # every claim released
     # the redone training is bitwise the same run, the resumed attack kept its first rows
     assert (smoke / "table1" / "table.md").read_text() == tables["table1"]
     resumed = pd.read_csv(attack / "results.csv")
