@@ -184,27 +184,17 @@ class DynamicsRecorder:
                    loss_fn: Callable[[object, Tensor], Tensor], autocast: Callable) -> None:
         """The true weight gradients and input errors on this batch, before the step; nothing
         the step computes changes (random state, batch-norm statistics, feedback draws)."""
-        from bionas.engine import preserved_batchnorm_statistics
+        from bionas.engine import preserved_batchnorm_statistics, preserved_random_state
 
         model = self.model
-        devices = [p.device for p in model.parameters() if p.device.type == "cuda"][:1]
-        cpu_state = torch.get_rng_state()
-        cuda_state = torch.cuda.get_rng_state(devices[0]) if devices else None
-        # generators the model's modules own (drop path's masks): the step must draw the same
-        generators = {id(g): g for m in model.modules() for g in vars(m).values() if isinstance(g, torch.Generator)}
-        own_states = [(g, g.get_state()) for g in generators.values()]
         model.train()
-        with preserved_batchnorm_statistics(model), rules.exact_gradients(model), self.capture() as errors:
+        with preserved_random_state(model), preserved_batchnorm_statistics(model), rules.exact_gradients(model), \
+                self.capture() as errors:
             with autocast():
                 out = model(x) if forward is None else forward(x)
             loss = loss_fn(out, y)
             weights = [m.weight for _, m, _ in self.layers]
             grads = torch.autograd.grad(loss, weights, allow_unused=True)
-        torch.set_rng_state(cpu_state)
-        for g, state in own_states:
-            g.set_state(state)
-        if cuda_state is not None:
-            torch.cuda.set_rng_state(cuda_state, devices[0])
         self._exact = ({name: g for (name, _, _), g in zip(self.layers, grads) if g is not None}, dict(errors))
 
     @contextmanager

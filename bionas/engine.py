@@ -47,6 +47,9 @@ def initialise_weights(model: nn.Module, init: str, generator: torch.Generator) 
                     nn.init.kaiming_uniform_(m.weight, a=5 ** 0.5, generator=generator)
                 if m.bias is not None:
                     m.bias.zero_()
+        for m in model.modules():  # rules with modifiers may constrain the start (dale: non-negative)
+            if isinstance(m, rules.RuleLayer) and m.rule.active_modifiers:
+                m.rule.initialise(m, generator)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -101,12 +104,16 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
     if recorder is not None and recorder.due(step):
         recorder.exact_pass(x, y, forward, loss_fn, autocast)
     model.train()
+    perturbed_layers = rules.perturbation_layers(model) if local else []
+    if perturbed_layers:  # weight perturbation: the loss with every wp layer's weights perturbed
+        loss_perturbed, noises = _perturbed_loss(model, perturbed_layers, x, y, forward, loss_fn, autocast)
     with autocast(), rules.local_updates(model, local), \
             (recorder.step_context(step) if recorder is not None else nullcontext()):
         out = model(x) if forward is None else forward(x)
     loss = loss_fn(out, y)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if loss.requires_grad:  # a network whose every layer learns locally has nothing to back-propagate
+        loss.backward()
     if parameters is None:
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
     if sync_gradients is not None:
@@ -118,8 +125,58 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
     value = float(loss.detach())
     if not (math.isfinite(value) and math.isfinite(norm)):
         raise TrainingDiverged(f"{what} loss became {value} (gradient norm {norm}) at step {step}; {fix}, then rerun")
+    rules.before_optimizer_step(model)  # rule modifiers: bcm_lr gates the gradients
     optimizer.step()
+    rules.after_optimizer_step(model)  # dale clamps the stepped weights
+    if perturbed_layers:
+        change = loss_perturbed - loss.detach().float()
+        if sync_gradients is not None or _distributed():  # the global batch's loss difference
+            from bionas.distributed import all_reduce_sum
+
+            import torch.distributed as dist
+
+            change = all_reduce_sum(change.clone()) / dist.get_world_size()
+        for layer, xi in zip(perturbed_layers, noises):
+            layer.rule.apply(layer, xi, float(change))
     return value, out
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@contextmanager
+def preserved_random_state(model: nn.Module) -> Iterator[None]:
+    """Forward passes inside the block leave every random stream as it was: torch's global CPU
+    (and CUDA) generator and the generators the model's modules own (drop path's masks), so the
+    step after the block draws the same masks as without it."""
+    devices = [p.device for p in model.parameters() if p.device.type == "cuda"][:1]
+    cpu_state = torch.get_rng_state()
+    cuda_state = torch.cuda.get_rng_state(devices[0]) if devices else None
+    generators = {id(g): g for m in model.modules() for g in vars(m).values() if isinstance(g, torch.Generator)}
+    own_states = [(g, g.get_state()) for g in generators.values()]
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu_state)
+        for g, state in own_states:
+            g.set_state(state)
+        if cuda_state is not None:
+            torch.cuda.set_rng_state(cuda_state, devices[0])
+
+
+def _perturbed_loss(model, layers, x, y, forward, loss_fn, autocast) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``E_pert`` for weight perturbation (:mod:`bionas.rules.wp`): one forward without gradients
+    on the step's batch with the wp layers perturbed, before the step's own forward, with the same
+    random masks, batch-norm statistics and feedback draws left as they were and local updates off
+    (so every other weight is the one the step's forward will use)."""
+    with torch.no_grad(), preserved_random_state(model), preserved_batchnorm_statistics(model), \
+            rules.no_feedback_redraws(model), rules.local_updates(model, False), rules.perturbed(layers) as noises:
+        with autocast():
+            out = model(x) if forward is None else forward(x)
+        return loss_fn(out, y).detach().float(), noises
 
 
 @contextmanager

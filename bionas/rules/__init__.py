@@ -30,22 +30,27 @@ learns only some layer types, and keyword options in ``__init__`` (``rule_option
 then its name in the import line below. ``bionas rules`` lists it, search spaces may pair it with
 ops, and the registry-parametrised tests (``tests/test_rules.py``, ``tests/test_ops.py``) cover it.
 """
-from bionas.rules.registry import RULES  # noqa: I001  (registry first: rule files use it)
-from bionas.rules import bp, fa, usf, brsf, frsf, hebbian, pc  # noqa: F401  (registration)
+from bionas.rules.registry import MODIFIERS, RULES  # noqa: I001  (registry first: rule files use it)
+from bionas.rules import bp, fa, usf, brsf, frsf, hebbian, pc, oja, wp, modifiers  # noqa: F401  (registration)
 from bionas.rules.base import FeedbackRule, LearningRule, LocalRule, layer_seed, xavier_std
 from bionas.rules.convert import (
+    after_optimizer_step,
     alignment_angles,
+    before_optimizer_step,
     build_rule,
     convert,
     exact_gradients,
     local_updates,
+    no_feedback_redraws,
     rule_layers,
     rules_in,
 )
 from bionas.rules.layers import RuleConv2d, RuleLayer, RuleLinear
+from bionas.rules.wp import perturbation_layers, perturbed
 
 __all__ = [
     "RULES", "LearningRule", "FeedbackRule", "LocalRule", "RuleLayer", "RuleConv2d", "RuleLinear",
     "convert", "build_rule", "exact_gradients", "local_updates", "alignment_angles", "rule_layers",
-    "rules_in", "layer_seed", "xavier_std",
+    "rules_in", "layer_seed", "xavier_std", "before_optimizer_step", "after_optimizer_step", "MODIFIERS",
+    "no_feedback_redraws", "perturbation_layers", "perturbed",
 ]

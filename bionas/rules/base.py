@@ -100,6 +100,33 @@ class LearningRule(nn.Module):
         computation differs from it (predictive coding refines its output)."""
         return layer.plain_forward(x)
 
+    # --- modifier hooks (bionas.rules.modifiers): no-ops for a rule without modifiers --------------
+    @property
+    def active_modifiers(self) -> tuple:
+        """The modifiers of a ``RULE+MODIFIER`` rule (:mod:`bionas.rules.modifiers`); empty otherwise."""
+        mods = self._modules.get("modifiers")
+        return tuple(mods) if mods is not None else ()
+
+    def observe(self, layer: "RuleLayer", x: Tensor, y: Tensor) -> None:
+        """A weight-training forward saw input ``x`` and output ``y`` (both detached)."""
+        for m in self.active_modifiers:
+            m.observe(layer, x, y)
+
+    def before_optimizer_step(self, layer: "RuleLayer") -> None:
+        """The gradients are final (after clipping); the optimiser is about to step."""
+        for m in self.active_modifiers:
+            m.before_optimizer_step(layer)
+
+    def after_update(self, layer: "RuleLayer") -> None:
+        """The layer's weights have just changed (an optimiser step or a local update)."""
+        for m in self.active_modifiers:
+            m.after_update(layer)
+
+    def initialise(self, layer: "RuleLayer", generator: torch.Generator) -> None:
+        """The network's weights have just been (re-)initialised (``engine.initialise_weights``)."""
+        for m in self.active_modifiers:
+            m.initialise(layer, generator)
+
 
 class FeedbackRule(LearningRule):
     """Sends ``delta_in = B^T delta`` to the layer's input; exact weight and bias gradients."""
@@ -121,7 +148,11 @@ class FeedbackRule(LearningRule):
         self.advance()
         with torch.no_grad():
             feedback = self.feedback(layer.weight)
-        return layer.feedback_forward(x, feedback)
+        y = layer.feedback_forward(x, feedback)
+        if layer.local_updates and self.active_modifiers:  # a weight-training forward
+            with torch.no_grad():
+                self.observe(layer, x.detach(), y.detach())
+        return y
 
 
 class LocalRule(LearningRule):
@@ -149,7 +180,9 @@ class LocalRule(LearningRule):
                                 snapshot=layer.local_updates)
         if layer.local_updates:
             with torch.no_grad():
+                self.observe(layer, x.detach(), y.detach())
                 self.update(layer, x.detach(), y.detach())
+                self.after_update(layer)
         return y
 
     def extra_repr(self) -> str:

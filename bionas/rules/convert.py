@@ -42,6 +42,9 @@ def build_rule(name: str, weight: torch.Tensor, seed: int, index: int = 0, **opt
 
 def rule_options(cls: type[LearningRule]) -> dict[str, object]:
     """``{option: default}`` of a rule class (its constructor's keywords after weight, generator)."""
+    composed = getattr(cls, "composed_options", None)
+    if composed is not None:  # RULE+MODIFIER: the rule's options and each modifier's
+        return dict(composed)
     params = list(inspect.signature(cls.__init__).parameters.values())[3:]
     return {p.name: p.default for p in params}
 
@@ -132,6 +135,35 @@ def exact_gradients(model: nn.Module):
     No random feedback is drawn inside the block.
     """
     return _set_flag(model, "exact_gradients", True)
+
+
+@contextmanager
+def no_feedback_redraws(model: nn.Module) -> Iterator[None]:
+    """Rules keep their current random feedback for the block (their ``training`` flag is off;
+    batch norm and the rest of the model keep their mode)."""
+    layer_rules = [layer.rule for _, layer in rule_layers(model)]
+    modes = [r.training for r in layer_rules]
+    for r in layer_rules:
+        r.train(False)
+    try:
+        yield
+    finally:
+        for r, mode in zip(layer_rules, modes):
+            r.train(mode)
+
+
+def before_optimizer_step(model: nn.Module) -> None:
+    """Every rule-aware layer's modifiers see the final gradients (``bcm_lr`` scales them)."""
+    for _, layer in rule_layers(model):
+        if layer.rule.active_modifiers:
+            layer.rule.before_optimizer_step(layer)
+
+
+def after_optimizer_step(model: nn.Module) -> None:
+    """Every rule-aware layer's modifiers see the stepped weights (``dale`` clamps them)."""
+    for _, layer in rule_layers(model):
+        if layer.rule.active_modifiers:
+            layer.rule.after_update(layer)
 
 
 def local_updates(model: nn.Module, enabled: bool = True):

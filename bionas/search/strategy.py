@@ -20,8 +20,7 @@ Register a new strategy with ``@STRATEGIES.register("name")``, which also sets i
 from __future__ import annotations
 
 import dataclasses
-from contextlib import contextmanager, nullcontext
-from typing import Iterator
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -40,19 +39,7 @@ Batch = tuple[Tensor, Tensor]  # images (B, C, H, W), labels (B,)
 DIVERGED_FIX = "lower --lr or --set arch_lr=..., or keep --set grad_clip=5"
 
 
-@contextmanager
-def no_feedback_redraws(model: torch.nn.Module) -> Iterator[None]:
-    """Rules keep their current random feedback for the block (their ``training`` flag is off;
-    batch norm and the rest of the model keep their mode)."""
-    layer_rules = [layer.rule for _, layer in rules.rule_layers(model)]
-    modes = [r.training for r in layer_rules]
-    for r in layer_rules:
-        r.train(False)
-    try:
-        yield
-    finally:
-        for r, mode in zip(layer_rules, modes):
-            r.train(mode)
+no_feedback_redraws = rules.no_feedback_redraws  # re-exported: the search strategies use it
 
 
 @dataclasses.dataclass
