@@ -129,7 +129,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
     optimizer.step()
     rules.after_optimizer_step(model)  # dale clamps the stepped weights
     if perturbed_layers:
-        change = loss_perturbed - loss.detach().float()
+        change = loss_perturbed - loss.detach()
         if sync_gradients is not None or _distributed():  # the global batch's loss difference
             from bionas.distributed import all_reduce_sum
 
@@ -176,7 +176,7 @@ def _perturbed_loss(model, layers, x, y, forward, loss_fn, autocast) -> tuple[to
             rules.no_feedback_redraws(model), rules.local_updates(model, False), rules.perturbed(layers) as noises:
         with autocast():
             out = model(x) if forward is None else forward(x)
-        return loss_fn(out, y).detach().float(), noises
+        return loss_fn(out, y).detach(), noises
 
 
 @contextmanager

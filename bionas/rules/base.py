@@ -165,6 +165,8 @@ class LocalRule(LearningRule):
     """
 
     kind: ClassVar[str] = "local"
+    # False for a rule whose update the training engine applies after the forward (wp)
+    updates_in_forward: ClassVar[bool] = True
 
     def __init__(self, weight: Tensor, generator: torch.Generator, detach_input_error: bool = False):
         super().__init__(weight, generator)

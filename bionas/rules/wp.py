@@ -60,6 +60,7 @@ class WeightPerturbation(LocalRule):
     """Weight perturbation (eq. 3; options: eq. 4's Hebbian mix, eq. 5's homeostatic bias)."""
 
     color = "#bcbd22"
+    updates_in_forward = False  # engine.train_step applies it, once it knows E_pert - E
     line_style = (0, (5, 2))
 
     def __init__(self, weight: Tensor, generator: torch.Generator, lr: float = 0.01, sigma: float = 0.01,
