@@ -171,10 +171,20 @@ def _list_rules(args) -> int:
     from bionas.rules import RULES
     from bionas.rules.convert import rule_options
 
+    from bionas.rules import MODIFIERS
+    from bionas.rules.modifiers import modifier_options
+
+    def line(name, kind, cls, options):
+        text = ", ".join(f"{k}={v!r}" for k, v in options.items()) or "no options"
+        return f"{name:<8} {kind:<9} {(cls.__doc__ or '-').strip().splitlines()[0]} [options: {text}]"
+
     for name in RULES:
         cls = RULES.get(name)
-        options = ", ".join(f"{k}={v!r}" for k, v in rule_options(cls).items()) or "no options"
-        print(f"{name:<8} {cls.kind:<9} {(cls.__doc__ or '-').strip().splitlines()[0]}\n{'':18}options: {options}")
+        print(line(name, cls.kind, cls, rule_options(cls)))
+    print("modifiers, added to any rule as RULE+MODIFIER (e.g. usf+bcm_lr, oja+dale):")
+    for name in MODIFIERS:
+        cls = MODIFIERS.get(name)
+        print(line(name, "modifier", cls, modifier_options(cls)))
     return 0
 
 

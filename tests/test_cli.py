@@ -22,10 +22,11 @@ def test_help(command, capsys):
 
 
 def test_listings_name_every_registered_entry(capsys):
-    for command, registry in (("rules", rules.RULES), ("ops", ops.OPS)):
+    for command, names in (("rules", [*rules.RULES.names(), "modifiers,", *rules.MODIFIERS.names()]),
+                           ("ops", ops.OPS.names())):
         assert main([command]) == 0
         lines = capsys.readouterr().out.splitlines()
-        assert [line.split()[0] for line in lines if not line.startswith(" ")] == registry.names()
+        assert [line.split()[0] for line in lines if not line.startswith(" ")] == names  # one line each
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from bionas.ops import FactorizedReduce, ReLUConvBN
 from bionas.rules.base import layer_seed
+from bionas.rules.convert import options_for
 from bionas.genotype import Genotype
 
 
@@ -51,7 +52,7 @@ class EvalCell(nn.Module):
         self.edges = tuple((e.node, e.source) for e in edges)
         self.ops = nn.ModuleList(
             e.candidate.build(C, 2 if reduction and e.source < 2 else 1, affine=True, seed=layer_seed(seed, i),
-                              **(rule_options or {}).get(e.rule, {}))
+                              **options_for(e.rule, rule_options or {}))
             for i, e in enumerate(edges))
         self.identity = tuple(isinstance(op, nn.Identity) for op in self.ops)
         self.nodes = max(node for node, _ in self.edges) - 1

@@ -42,6 +42,7 @@ from bionas.rules.convert import (
     exact_gradients,
     local_updates,
     no_feedback_redraws,
+    options_for,
     rule_layers,
     rules_in,
 )
@@ -52,5 +53,5 @@ __all__ = [
     "RULES", "LearningRule", "FeedbackRule", "LocalRule", "RuleLayer", "RuleConv2d", "RuleLinear",
     "convert", "build_rule", "exact_gradients", "local_updates", "alignment_angles", "rule_layers",
     "rules_in", "layer_seed", "xavier_std", "before_optimizer_step", "after_optimizer_step", "MODIFIERS",
-    "no_feedback_redraws", "perturbation_layers", "perturbed",
+    "no_feedback_redraws", "perturbation_layers", "perturbed", "options_for",
 ]

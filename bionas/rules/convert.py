@@ -40,6 +40,17 @@ def build_rule(name: str, weight: torch.Tensor, seed: int, index: int = 0, **opt
     return cls(weight.detach(), gen, **options)
 
 
+def options_for(rule: str, rule_options: dict[str, dict]) -> dict:
+    """The options a run's ``rule_options`` give rule ``rule``: for ``RULE+MODIFIER...`` those of
+    the plain rule, then each modifier's, then the combined name's own entry (later wins), so
+    ``rule_options: {oja: {lr: 0.001}, dale: {init: scaled}}`` reaches ``oja+dale`` too."""
+    names = rule.split("+")
+    merged: dict = {}
+    for key in ([names[0]] + [f"{m}" for m in names[1:]] + ([rule] if len(names) > 1 else [])):
+        merged.update(rule_options.get(key, {}))
+    return merged
+
+
 def rule_options(cls: type[LearningRule]) -> dict[str, object]:
     """``{option: default}`` of a rule class (its constructor's keywords after weight, generator)."""
     composed = getattr(cls, "composed_options", None)

@@ -74,7 +74,7 @@ class Modifier(nn.Module):
         pass
 
 
-def _options(cls: type) -> dict[str, object]:
+def modifier_options(cls: type) -> dict[str, object]:
     import inspect
 
     params = list(inspect.signature(cls.__init__).parameters.values())[2:]
@@ -93,7 +93,7 @@ def compose(base: type[LearningRule], modifiers: list[type[Modifier]], name: str
             raise ConfigError(f"rule {name!r}: {m.name} gates loss gradients, and {base.name} weights get none; "
                               f"use it with bp, fa, usf, brsf or frsf")
     own = rule_options(base)
-    per_mod = {m.name: _options(m) for m in modifiers}
+    per_mod = {m.name: modifier_options(m) for m in modifiers}
     options = dict(own)
     for mname, opts in per_mod.items():
         for k, v in opts.items():

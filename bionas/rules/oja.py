@@ -18,7 +18,16 @@ ordinary one; the update happens only inside :func:`bionas.rules.local_updates`,
 gradient reaches the weights (the error sent to the input still flows through ``W^T`` unless
 ``detach_input_error``). Under ``torchrun`` the sums run over the global batch.
 
-Args: lr (0.01), exclude_self (False: eq. 1; True: eq. 2), detach_input_error (False).
+The paper's networks apply a nonlinearity after the layer and learn from the activity after it
+("with the incorporation of nonlinear activation functions, as in our model"; its algorithm
+saves the normalised hidden activations for the Hebbian update): option ``post`` says which
+postsynaptic activity ``z`` the update uses -- ``linear`` (eq. 1 as written, ``z = W x``),
+``relu``, or ``zscore`` (the paper's magnitude-preserving z-score, eq. 6, then ReLU and a rescale
+to [0, 1]: :func:`magnitude_zscore`) -- which must match what the network applies after the
+layer (the ``mlp`` model's ``activation``).
+
+Args: lr (0.01), exclude_self (False: eq. 1; True: eq. 2), post (``linear``), beta (1.0, eq. 6's
+scale), detach_input_error (False).
 """
 from __future__ import annotations
 
@@ -29,6 +38,29 @@ from bionas.errors import ConfigError
 from bionas.rules.base import LocalRule
 from bionas.rules.conv_local import correlate, global_sum
 from bionas.rules.registry import RULES
+
+
+POSTS = ("linear", "relu", "zscore")
+
+
+def magnitude_zscore(y: Tensor, beta: float = 1.0, eps: float = 1e-8) -> Tensor:
+    """Eq. 6 of "Sparse, excitatory networks...": ``beta (|y| - mean |y|) / std |y|`` over each
+    sample's units (channels and positions for a map), then ReLU and a rescale of each sample to
+    [0, 1] (divided by its maximum): non-negative activity of preserved relative strength."""
+    a = y.abs()
+    dims = tuple(range(1, y.dim()))
+    z = beta * (a - a.mean(dims, keepdim=True)) / (a.std(dims, keepdim=True) + eps)
+    z = torch.relu(z)
+    return z / (z.amax(dims, keepdim=True) + eps)
+
+
+def postsynaptic(u: Tensor, post: str, beta: float = 1.0) -> Tensor:
+    """The activity a Hebbian update uses from the layer's linear output ``u``."""
+    if post == "relu":
+        return torch.relu(u)
+    if post == "zscore":
+        return magnitude_zscore(u, beta)
+    return u
 
 
 def oja_direction(layer, x: Tensor, z: Tensor, exclude_self: bool) -> tuple[Tensor, Tensor]:
@@ -61,19 +93,19 @@ class OjaRule(LocalRule):
     line_style = (0, (3, 1, 1, 1))
 
     def __init__(self, weight: Tensor, generator: torch.Generator, lr: float = 0.01, exclude_self: bool = False,
-                 detach_input_error: bool = False):
+                 post: str = "linear", beta: float = 1.0, detach_input_error: bool = False):
         super().__init__(weight, generator, detach_input_error=detach_input_error)
-        if not lr > 0:
-            raise ConfigError(f"oja needs lr > 0, got {lr}")
-        self.lr, self.exclude_self = float(lr), bool(exclude_self)
+        if not lr > 0 or post not in POSTS:
+            raise ConfigError(f"oja needs lr > 0 and post in {', '.join(POSTS)}; got lr={lr}, post={post!r}")
+        self.lr, self.exclude_self, self.post, self.beta = float(lr), bool(exclude_self), post, float(beta)
 
     def update(self, layer, x: Tensor, y: Tensor) -> None:
         W = layer.weight
         x, z = x.to(W.dtype), y.to(W.dtype)
         if layer.bias is not None:
             z = z - layer.bias.detach().view(1, -1, *([1] * (z.dim() - 2)))
-        direction, count = oja_direction(layer, x, z, self.exclude_self)
+        direction, count = oja_direction(layer, x, postsynaptic(z, self.post, self.beta), self.exclude_self)
         W.add_(direction / count, alpha=self.lr)
 
     def extra_repr(self) -> str:
-        return f"lr={self.lr}, exclude_self={self.exclude_self}, {super().extra_repr()}"
+        return f"lr={self.lr}, exclude_self={self.exclude_self}, post={self.post}, {super().extra_repr()}"

@@ -39,7 +39,8 @@ Options (eqs. 4 and 5, for a classifier layer):
 
 The update happens only in weight-training steps (the engine's, under
 :func:`bionas.rules.local_updates`). Args: lr (0.01), sigma (0.01), mix (False), hebbian_weight
-(0.04), wp_weight (1.0), bias_gamma (0.0), detach_input_error (False).
+(0.04), wp_weight (1.0), bias_gamma (0.0), post (``linear``: the activity eq. 2 uses, as in the
+``oja`` rule), detach_input_error (False).
 """
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ from torch import Tensor, nn
 
 from bionas.errors import ConfigError
 from bionas.rules.base import LocalRule, layer_seed
-from bionas.rules.oja import oja_direction
+from bionas.rules.oja import POSTS, oja_direction, postsynaptic
 from bionas.rules.registry import RULES
 
 
@@ -65,12 +66,14 @@ class WeightPerturbation(LocalRule):
 
     def __init__(self, weight: Tensor, generator: torch.Generator, lr: float = 0.01, sigma: float = 0.01,
                  mix: bool = False, hebbian_weight: float = 0.04, wp_weight: float = 1.0, bias_gamma: float = 0.0,
-                 detach_input_error: bool = False):
+                 post: str = "linear", detach_input_error: bool = False):
         super().__init__(weight, generator, detach_input_error=detach_input_error)
         if not (lr > 0 and sigma > 0 and hebbian_weight >= 0 and wp_weight >= 0 and bias_gamma >= 0):
             raise ConfigError(f"wp needs lr > 0, sigma > 0 and non-negative weights; got lr={lr}, sigma={sigma}, "
                               f"hebbian_weight={hebbian_weight}, wp_weight={wp_weight}, bias_gamma={bias_gamma}")
-        self.lr, self.sigma, self.mix = float(lr), float(sigma), bool(mix)
+        if post not in POSTS:
+            raise ConfigError(f"wp option post={post!r} is unknown; choose one of {', '.join(POSTS)}")
+        self.lr, self.sigma, self.mix, self.post = float(lr), float(sigma), bool(mix), post
         self.hebbian_weight, self.wp_weight, self.bias_gamma = float(hebbian_weight), float(wp_weight), \
             float(bias_gamma)
         # plain ints (saved by get_extra_state): draw k comes from layer_seed(seed, k)
@@ -103,7 +106,7 @@ class WeightPerturbation(LocalRule):
                 self._pending["mean_p"] = p.mean(dims)
             z = z - layer.bias.detach().view(1, -1, *([1] * (z.dim() - 2)))
         if self.mix and self.hebbian_weight > 0:
-            direction, count = oja_direction(layer, x.to(W.dtype), z, exclude_self=True)
+            direction, count = oja_direction(layer, x.to(W.dtype), postsynaptic(z, self.post), exclude_self=True)
             self._pending["hebbian"] = self.lr * direction / count  # eq. 2, with its own eta
 
     @torch.no_grad()

@@ -33,6 +33,7 @@ from bionas.errors import ConfigError
 from bionas.ops import FactorizedReduce, ReLUConvBN
 from bionas.ops.pooling import POOLING_OPS
 from bionas.rules.base import layer_seed
+from bionas.rules.convert import options_for
 from bionas.genotype import Genotype, derive_genotype, edge_index
 from bionas.space import SearchSpace, SupernetShape
 
@@ -123,7 +124,7 @@ class MixedEdge(nn.Module):
         self.ops = nn.ModuleList()
         for k, candidate in enumerate(candidates):
             op = candidate.build(C_op, stride, affine=False, seed=layer_seed(seed, k),
-                                 **rule_options.get(candidate.rule, {}))
+                                 **options_for(candidate.rule, rule_options))
             if candidate.op in POOLING_OPS:  # DARTS: pooling outputs are not normalised otherwise
                 op = nn.Sequential(op, nn.BatchNorm2d(C_op, affine=False))
             self.ops.append(op)

@@ -50,6 +50,9 @@ class TrainConfig(DynamicsOptions):
     rule: str | None = option(None, "one learning rule on every weighted layer or edge", choices=_rules,
                               flag="--rule")
     random_rules: bool = option(False, "each weighted edge draws its rule among those `space` allows")
+    layer_rules: dict[str, str] = option(help="models other than the cell network: {layer name: rule} over "
+                                              "--rule, e.g. {hidden: oja, classifier: wp} for the mlp",
+                                         factory=dict)
     space: str = option("bionas", "search space for random rules and for validating the genotype", flag="--space")
     rule_options: dict[str, dict] = option(help="{rule: {option: value}}", factory=dict)
     channels: int = option(36, "cell network: initial channels", ge=1)
@@ -65,6 +68,8 @@ class TrainConfig(DynamicsOptions):
     per_class: int | None = option(None, "training images per class (null: all)", ge=1)
     test_per_class: int | None = option(None, "test images per class (null: the whole test split)", ge=1)
     cutout: int = option(16, "side of the Cutout square (0: off)", ge=0)
+    inputs: str = option("normalised", "normalised (by the dataset's mean and std) or unit (pixels in [0, 1], "
+                         "e.g. for non-negative networks)", choices=("normalised", "unit"))
     image_size: int = option(224, "ImageNet only: crop size", ge=1)
     workers: int = option(4, "ImageNet only: decoding processes per rank", ge=0)
     # optimisation: SGD
@@ -122,6 +127,13 @@ class TrainConfig(DynamicsOptions):
                 raise ConfigError("--rules random assigns rules to a genotype's edges; give --genotype, not --model")
         elif self.genotype is None:
             raise ConfigError("nothing to train: give --genotype NAME|FILE (e.g. darts_v2) or --model resnet20")
+        if self.layer_rules and self.model == CELL_MODEL:
+            raise ConfigError("layer_rules names layers of --model resnet20/56 or mlp; a genotype gives each edge "
+                              "its rule")
+        from bionas.rules import RULES
+
+        for layer, rule in self.layer_rules.items():
+            RULES.get(rule)  # an unknown rule: one line naming it
         if self.rule is not None and self.random_rules:
             raise ConfigError("--rule and --rules random contradict each other; give one")
 

@@ -79,7 +79,17 @@ def _build_network(config: TrainConfig, data: DataShape, genotype: Genotype | No
     else:
         net = MODELS.get(config.model)(data.num_classes, data.channels)
         rule = config.rule or "bp"
-        net = rules.convert(net, rule, seed=config.seed, **config.rule_options.get(rule, {}))
+        net = rules.convert(net, rule, seed=config.seed, **rules.options_for(rule, config.rule_options))
+        layers = dict(net.named_modules())
+        for i, (name, layer_rule) in enumerate(sorted(config.layer_rules.items())):
+            if not isinstance(layers.get(name), rules.RuleLayer):
+                known = ", ".join(n for n, m in layers.items() if isinstance(m, rules.RuleLayer))
+                raise ConfigError(f"layer_rules names {name!r}, not a weighted layer of {config.model}; its layers: "
+                                  f"{known}")
+            parent, _, child = name.rpartition(".")
+            setattr(net.get_submodule(parent), child,
+                    rules.convert(layers[name], layer_rule, seed=config.seed + 7919 * (i + 1),
+                                  **rules.options_for(layer_rule, config.rule_options)))
     initialise(net, config.init, config.seed)
     return net
 

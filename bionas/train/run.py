@@ -124,6 +124,9 @@ class _Training:
         config, shard = self.config, self.context.shard
         common = dict(device=self.device, memory_format=self.memory_format, shard=shard)
         if self.dataset in STREAMED_DATASETS:
+            if config.inputs == "unit":
+                raise ConfigError("inputs: unit is for the in-memory datasets (CIFAR, digits); the ImageNet "
+                                  "loaders normalise; drop --set inputs=unit")
             from bionas.data.imagenet import MEAN, STD, ImageFolderLoader
 
             root = resolve_data_dir(config.data_dir)
@@ -140,6 +143,9 @@ class _Training:
         else:
             train = load_dataset(self.dataset, config.data_dir, "train", config.per_class, config.seed)
             test = load_dataset(self.dataset, config.data_dir, "test", config.test_per_class, config.seed)
+            if config.inputs == "unit":  # pixels in [0, 1]: the loaders' normalisation is the identity
+                train, test = (dataclasses.replace(d, mean=(0.0,) * d.channels, std=(1.0,) * d.channels)
+                               for d in (train, test))
             if len(train) < config.batch_size:
                 raise ConfigError(f"{len(train)} training images cannot fill one batch of {config.batch_size}; "
                                   f"lower --batch-size or raise per_class")
