@@ -239,3 +239,57 @@ def test_rule_names_with_modifiers_are_checked():
         rules.RULES.get("oja+bcm_lr")
     with pytest.raises(ConfigError, match=r"does not take option\(s\) speed"):
         _linear("usf+dale", speed=1)
+
+
+def test_bionas_plus_smoke_search_and_retraining_on_real_cifar10(cifar10_root, tmp_path):
+    """The search over the space with the new rules derives a genotype of that space, and
+    ``bionas train`` retrains it -- and a cell using every new rule -- with each edge's rule."""
+    import json
+
+    from bionas.cli import main
+    from bionas.genotype import load_genotype
+    from bionas.space import load_space
+
+    data = ["--data-dir", str(cifar10_root)]
+    assert main(["search", "--space", "bionas_plus", "--preset", "smoke", "--epochs", "1", "--set", "steps_per_epoch=2",
+                 "--set", "per_class=10", "--batch-size", "16", "--set", "partial_channels=4", "--out",
+                 str(tmp_path / "s"), "--no-progress", *data]) == 0
+    searched = load_genotype(tmp_path / "s" / "genotype.json")
+    assert searched.space == "bionas_plus"
+    searched.validate(load_space("bionas_plus"))  # every (op, rule) one of the space's candidates
+    every_new = ("Genotype(normal=[('sep_conv_3x3|oja', 0), ('conv_1x1|wp', 1), ('sep_conv_3x3|usf+bcm_lr', 0), "
+                 "('dil_conv_3x3|brsf+bcm_lr', 1), ('conv_1x1|oja', 0), ('skip_connect', 1), ('max_pool_3x3', 0), "
+                 "('dil_conv_3x3|oja', 2)], normal_concat=[2, 3, 4, 5], reduce=[('skip_connect|wp', 0), "
+                 "('max_pool_3x3', 1), ('conv_1x1|wp', 0), ('sep_conv_3x3|usf', 1), ('avg_pool_3x3', 0), "
+                 "('dil_conv_3x3|frsf', 1), ('sep_conv_3x3|fa', 0), ('skip_connect|usf', 1)], reduce_concat=[2, 3, 4, 5])")
+    (tmp_path / "every_new.txt").write_text(every_new)
+    for name, genotype in (("searched", tmp_path / "s" / "genotype.json"), ("every_new", tmp_path / "every_new.txt")):
+        out = tmp_path / name
+        assert main(["train", "--genotype", str(genotype), "--space", "bionas_plus", "--preset", "smoke", "--epochs",
+                     "1", "--set", "per_class=10", "--set", "test_per_class=5", "--set", "steps_per_epoch=2",
+                     "--out", str(out), "--no-progress", *data]) == 0
+        counts = json.loads((out / "run_info.json").read_text())["rule_counts"]
+        edges = load_genotype(genotype)
+        # every rule of a convolution edge is in the network (a skip has weights only where it reduces)
+        chosen = {e.rule for e in edges.normal + edges.reduce if e.rule != "bp" and "conv" in e.op}
+        assert chosen <= set(counts), (chosen, counts)
+        assert 0 <= json.loads((out / "results.json").read_text())["test_acc"] <= 1
+    assert {"oja", "wp", "usf+bcm_lr", "brsf+bcm_lr"} <= set(counts)
+
+
+def test_mlp_with_a_rule_per_layer_and_dale_on_real_cifar10(cifar10_root, tmp_path):
+    from bionas.cli import main
+    from bionas.train import load_trained
+
+    out = tmp_path / "mlp"
+    assert main(["train", "--model", "mlp_zscore", "--set", "inputs=unit", "--set", "rule=bp",
+                 "--set", "layer_rules={hidden: oja+dale, classifier: wp+dale}",
+                 "--set", "rule_options={oja: {post: zscore}, wp: {mix: true, bias_gamma: 0.04}}",
+                 "--epochs", "1", "--batch-size", "50", "--set", "per_class=10", "--set", "test_per_class=5",
+                 "--data-dir", str(cifar10_root), "--out", str(out), "--no-progress"]) == 0
+    net = load_trained(out / "checkpoint.pt").model  # rebuilt with each layer's rule from the checkpoint
+    assert rules.rules_in(net) == {"hidden": "oja+dale", "classifier": "wp+dale"}
+    assert (net.hidden.weight >= 0).all() and (net.classifier.weight >= 0).all()
+    assert net.classifier.rule.draws > 0 and net.classifier.rule.mix
+    assert main(["train", "--model", "mlp", "--set", "layer_rules={decoder: oja}", "--out", str(tmp_path / "x"),
+                 "--data-dir", str(cifar10_root)]) == 2
