@@ -15,7 +15,13 @@ brsf      ``B = |R| sign(W)``, ``R`` redrawn every training forward   Liao et al
 frsf      ``B = |M| sign(W)``, ``M`` drawn once                       Liao et al. 2016
 hebbian   ``W^T delta`` (or cut); weights learn locally, no gradient  Hebbian-CNN paper; SoftHebb
 pc        ``W^T delta``; weights learn by predictive coding           Tschantz et al. 2023
+oja       ``W^T delta``; weights learn by Oja's subspace rule         sparse-nets paper, eqs. 1-2
+wp        ``W^T delta``; weights learn by weight perturbation         sparse-nets paper, eqs. 3-5
 ========  ==========================================================  ============================
+
+Modifiers add behaviour to any rule by name, ``RULE+MODIFIER`` (:mod:`bionas.rules.modifiers`):
+``dale`` (non-negative weights, clamped after every update) and ``bcm_lr`` (BCM-gated per-weight
+learning rates, gradient-based rules only); e.g. ``usf+bcm_lr``, ``oja+dale``.
 
 For the feedback rules the weight and bias gradients are the exact local ones (``delta x^T``);
 only the error passed backwards changes. The local rules change weights only inside
