@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -124,6 +125,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=list(PAPER), help="these runs only")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
     if not args.table_only:
         from bionas.train import resolve_config, run_train
