@@ -129,13 +129,12 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
     optimizer.step()
     rules.after_optimizer_step(model)  # dale clamps the stepped weights
     if perturbed_layers:
-        change = loss_perturbed - loss.detach()
-        if sync_gradients is not None or _distributed():  # the global batch's loss difference
-            from bionas.distributed import all_reduce_sum
-
+        change = (loss_perturbed - loss.detach()).double()
+        if _distributed():  # the global batch's loss difference: the mean of the ranks' (equal shards)
             import torch.distributed as dist
 
-            change = all_reduce_sum(change.clone()) / dist.get_world_size()
+            dist.all_reduce(change)
+            change /= dist.get_world_size()
         for layer, xi in zip(perturbed_layers, noises):
             layer.rule.apply(layer, xi, float(change))
     return value, out

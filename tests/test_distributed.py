@@ -278,3 +278,48 @@ def test_two_process_second_order_darts_equals_one_process_in_float64(cifar10_ro
         for a, b in zip(ref, got):
             assert float((a - b).abs().max()) < 1e-10 * float(a.abs().max()), rank
     assert float((ref[-1] - ref[0]).abs().max()) > 1e-3  # the steps moved something
+
+
+def _local_net():
+    from bionas import rules
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8, bias=False), nn.ReLU(), nn.Linear(8, 3)).double()
+    net[0] = rules.convert(net[0], "oja", seed=0, lr=0.1, post="relu")
+    net[2] = rules.convert(net[2], "wp", seed=1, lr=0.2, sigma=0.05, mix=True, bias_gamma=0.5)
+    return net
+
+
+def _local_worker(rank: int, port: int, x: torch.Tensor, y: torch.Tensor, result: str) -> None:
+    import torch.distributed as dist
+
+    from bionas.engine import train_step
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    net = _local_net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    for step in range(3):
+        train_step(net, opt, x[rank::2], y[rank::2], step)
+    if rank == 0:
+        torch.save({k: v for k, v in net.state_dict().items() if torch.is_tensor(v)}, result)
+    dist.destroy_process_group()
+
+
+def test_oja_and_wp_updates_over_two_processes_equal_the_global_batch_update(tmp_path):
+    """Oja's sums and WP's loss change run over the global batch; the noise is the same on both."""
+    from bionas.engine import train_step
+
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(16, 6, dtype=torch.float64, generator=g), torch.randint(0, 3, (16,), generator=g)
+    net = _local_net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    for step in range(3):
+        train_step(net, opt, x, y, step)
+    result = tmp_path / "rank0.pt"
+    mp.start_processes(_local_worker, args=(free_port(), x, y, str(result)), nprocs=2, start_method="spawn")
+    got = torch.load(result)
+    for k, v in net.state_dict().items():
+        if torch.is_tensor(v):
+            assert torch.allclose(got[k], v, atol=1e-12), k
+    assert not torch.equal(got["0.weight"], _local_net().state_dict()["0.weight"])  # they did learn
