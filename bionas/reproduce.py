@@ -39,6 +39,7 @@ import logging
 import math
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,13 +252,17 @@ def _inputs(run: Run, root: Path) -> list[Path]:
 
 class RunLock:
     """A claim on one run, so that several processes can share an experiment (one per core, or
-    several machines on one file system): ``ROOT/.locks/RUN`` holds ``host pid``. A lock left by
-    a process that died on this host is taken over; one from another host is respected until
-    deleted by hand."""
+    several machines on one file system): ``ROOT/.locks/RUN`` holds ``host pid``, and its holder
+    touches it every ``REFRESH_SECONDS``. A lock is taken over when its process died on this host,
+    or when nobody touched it for ``STALE_SECONDS`` (a process killed on another machine)."""
+
+    REFRESH_SECONDS = 60.0
+    STALE_SECONDS = 600.0
 
     def __init__(self, root: Path, name: str):
         self.path = root / ".locks" / name
         self.owner = f"{socket.gethostname()} {os.getpid()}"
+        self._stop: threading.Event | None = None
 
     def acquire(self) -> bool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -271,8 +276,17 @@ class RunLock:
                 continue
             with os.fdopen(fd, "w") as fh:
                 fh.write(self.owner)
+            self._stop = threading.Event()
+            threading.Thread(target=self._refresh, args=(self._stop,), daemon=True).start()
             return True
         return False
+
+    def _refresh(self, stop: threading.Event) -> None:
+        while not stop.wait(self.REFRESH_SECONDS):
+            try:
+                os.utime(self.path)
+            except FileNotFoundError:
+                return
 
     def holder(self) -> str:
         try:
@@ -281,6 +295,11 @@ class RunLock:
             return ""
 
     def _stale(self) -> bool:
+        try:
+            if time.time() - self.path.stat().st_mtime > self.STALE_SECONDS:
+                return True  # its holder stopped refreshing it: gone, wherever it ran
+        except FileNotFoundError:
+            return True
         host, _, pid = self.holder().partition(" ")
         if host != socket.gethostname() or not pid.isdigit():
             return False
@@ -293,6 +312,8 @@ class RunLock:
         return False
 
     def release(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
         if self.holder() == self.owner:
             self.path.unlink(missing_ok=True)
 
@@ -331,8 +352,8 @@ def run_all(runs: list[Run], scale: str, root: Path, data_dir: str | None, devic
                 missing = [p for p in _inputs(run, root) if not p.is_file()][0]
                 raise ConfigError(f"{run.name} needs {missing}, which no run of the experiment made; check "
                                   f"the earlier runs' logs")
-            log.info("waiting for other processes: %s (delete %s if they are gone)", ", ".join(held),
-                     root / ".locks")
+            log.info("waiting for other processes: %s (a claim nobody refreshes for %.0f min is taken over)",
+                     ", ".join(held), RunLock.STALE_SECONDS / 60)
             time.sleep(POLL_SECONDS)
         pending = waiting
 

@@ -33,8 +33,10 @@ def test_dry_run_lists_runs_and_cost_and_bad_names_are_one_line(tmp_path, capsys
 
 
 def test_run_locks_exclude_a_second_claim_and_take_over_a_dead_ones(tmp_path):
+    import os
     import subprocess
     import sys
+    import time
 
     from bionas.reproduce import RunLock
 
@@ -51,7 +53,18 @@ def test_run_locks_exclude_a_second_claim_and_take_over_a_dead_ones(tmp_path):
     (tmp_path / ".locks" / "x").write_text(f"{first.owner.split()[0]} {dead.pid}")
     assert RunLock(tmp_path, "x").acquire()  # a claim of a dead process on this host is taken over
     (tmp_path / ".locks" / "y").write_text("another-host 1")
-    assert not RunLock(tmp_path, "y").acquire()  # another host's claim cannot be checked: respected
+    assert not RunLock(tmp_path, "y").acquire()  # another host's live claim (recently refreshed): respected
+    old = time.time() - RunLock.STALE_SECONDS - 1
+    os.utime(tmp_path / ".locks" / "y", (old, old))
+    assert RunLock(tmp_path, "y").acquire()  # ... until nobody refreshed it for STALE_SECONDS
+    held = RunLock(tmp_path, "z")
+    held.REFRESH_SECONDS = 0.05
+    assert held.acquire()
+    os.utime(held.path, (old, old))
+    time.sleep(0.3)
+    assert time.time() - held.path.stat().st_mtime < 5  # its holder keeps it fresh
+    held.release()
+    assert not held.path.exists()
 
 
 def test_a_process_waits_for_a_run_another_one_holds_and_names_a_missing_input(tmp_path, monkeypatch, caplog):
