@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="dataset directory (default: $BIONAS_DATA)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dry-run", action="store_true", help="list the runs, their state and estimated cost")
+    p.add_argument("--table-only", action="store_true", help="write the tables from the runs finished so far; "
+                   "run nothing")
     p.set_defaults(handler=_reproduce)
     return parser
 
@@ -111,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _reproduce(args) -> int:
     from bionas.reproduce import reproduce
 
-    out = reproduce(args.experiment, args.scale, args.seeds, args.root, args.data_dir, args.device, args.dry_run)
+    out = reproduce(args.experiment, args.scale, args.seeds, args.root, args.data_dir, args.device, args.dry_run,
+                    args.table_only)
     if not args.dry_run:
         print((out / "table.md").read_text().rstrip())
         print(f"wrote {out}/: {', '.join(_listing(out))}")

@@ -603,8 +603,9 @@ def _plot(frame: pd.DataFrame, order: list[str], path: Path, title: str, highlig
 
 
 def reproduce(experiment: str, scale: str, seeds: list[int], root: str | Path, data_dir: str | None = None,
-              device: str = "auto", dry_run: bool = False) -> Path:
-    """Run what is left of ``experiment`` at ``scale`` under ``root/scale`` and write its table."""
+              device: str = "auto", dry_run: bool = False, table_only: bool = False) -> Path:
+    """Run what is left of ``experiment`` at ``scale`` under ``root/scale`` and write its table
+    (``table_only``: write it from the runs finished so far, running nothing)."""
     from bionas.io import check_output_dir, save_csv
 
     exp = plan(experiment, scale, seeds)
@@ -617,7 +618,8 @@ def reproduce(experiment: str, scale: str, seeds: list[int], root: str | Path, d
                 else "CPU core-hours (two jobs at once on 2 cores: half the wall time)")
         print(f"{sum(r['state'] != 'done' for r in rows)} of {len(rows)} runs left, about {left / 3600:.1f} {unit}")
         return root
-    run_all(exp.runs, scale, root, data_dir, device)
+    if not table_only:
+        run_all(exp.runs, scale, root, data_dir, device)
     out = _write_table(exp, root, root / experiment)
     save_csv(pd.DataFrame(estimate(exp.runs, scale, root)[0]), out / "plan.csv")
     return out

@@ -208,6 +208,13 @@ def test_a_second_sitting_skips_finished_runs_and_redoes_only_the_killed(smoke_r
         assert main(argv) == 0  # nothing left to run: the tables are rebuilt from the saved runs
     assert sum("done already" in r.getMessage() for r in caplog.records) == len(runs)
     assert {e: (smoke / e / "table.md").read_text() for e in tables} == tables
+    for e in tables:
+        (smoke / e / "table.md").unlink()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="bionas.reproduce"):
+        assert main([*argv, "--table-only"]) == 0  # rebuilt from the saved runs, nothing looked at or run
+    assert {e: (smoke / e / "table.md").read_text() for e in tables} == tables
+    assert not any("done already" in r.getMessage() or "running" in r.getMessage() for r in caplog.records)
     # a training lost entirely and an attack killed after its first rows: only they run again
     shutil.rmtree(smoke / "train_s0_resnet20_fa")
     attack = smoke / "attack_s0"
