@@ -264,6 +264,7 @@ def _darts_worker(rank: int, port: int, root: str, hessian: str, result: str) ->
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # ~35 s each on 2 cores; the float32 two-process search tests above stay in the default run
 @pytest.mark.parametrize("hessian", ["exact", "finite_difference"])
 def test_two_process_second_order_darts_equals_one_process_in_float64(cifar10_root, tmp_path, hessian):
     """The data-parallel second-order step -- the averaged virtual step, the double backward
@@ -280,7 +281,7 @@ def test_two_process_second_order_darts_equals_one_process_in_float64(cifar10_ro
     assert float((ref[-1] - ref[0]).abs().max()) > 1e-3  # the steps moved something
 
 
-def _local_net():
+def _oja_wp_net():
     from bionas import rules
 
     torch.manual_seed(0)
@@ -290,14 +291,14 @@ def _local_net():
     return net
 
 
-def _local_worker(rank: int, port: int, x: torch.Tensor, y: torch.Tensor, result: str) -> None:
+def _oja_wp_worker(rank: int, port: int, x: torch.Tensor, y: torch.Tensor, result: str) -> None:
     import torch.distributed as dist
 
     from bionas.engine import train_step
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
-    net = _local_net()
+    net = _oja_wp_net()
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     for step in range(3):
         train_step(net, opt, x[rank::2], y[rank::2], step)
@@ -312,14 +313,14 @@ def test_oja_and_wp_updates_over_two_processes_equal_the_global_batch_update(tmp
 
     g = torch.Generator().manual_seed(2)
     x, y = torch.randn(16, 6, dtype=torch.float64, generator=g), torch.randint(0, 3, (16,), generator=g)
-    net = _local_net()
+    net = _oja_wp_net()
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     for step in range(3):
         train_step(net, opt, x, y, step)
     result = tmp_path / "rank0.pt"
-    mp.start_processes(_local_worker, args=(free_port(), x, y, str(result)), nprocs=2, start_method="spawn")
+    mp.start_processes(_oja_wp_worker, args=(free_port(), x, y, str(result)), nprocs=2, start_method="spawn")
     got = torch.load(result)
     for k, v in net.state_dict().items():
         if torch.is_tensor(v):
             assert torch.allclose(got[k], v, atol=1e-12), k
-    assert not torch.equal(got["0.weight"], _local_net().state_dict()["0.weight"])  # they did learn
+    assert not torch.equal(got["0.weight"], _oja_wp_net().state_dict()["0.weight"])  # they did learn

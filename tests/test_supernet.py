@@ -302,6 +302,7 @@ def test_checkpointed_cells_keep_a_fraction_of_the_activations(images):
     assert kept_bytes(True) < 0.2 * kept_bytes(False)  # cell inputs only, against every op's activations
 
 
+@pytest.mark.slow  # ~15 s each on 2 cores; bf16 autocast is for CUDA
 @pytest.mark.parametrize("method", ["darts", "eg"])
 def test_bf16_autocast_search_steps_keep_float32_weights_and_finite_gradients(images, method):
     """``amp: bf16``: the forward passes run in bf16, every rule's backward hands float32
