@@ -293,3 +293,30 @@ def test_mlp_with_a_rule_per_layer_and_dale_on_real_cifar10(cifar10_root, tmp_pa
     assert net.classifier.rule.draws > 0 and net.classifier.rule.mix
     assert main(["train", "--model", "mlp", "--set", "layer_rules={decoder: oja}", "--out", str(tmp_path / "x"),
                  "--data-dir", str(cifar10_root)]) == 2
+
+
+def test_zscore_op_variant_replaces_every_relu_and_is_a_space_candidate(tmp_path):
+    from bionas import ops
+    from bionas.candidate import Candidate
+    from bionas.errors import ConfigError
+    from bionas.ops.activation import MagnitudeZScore
+    from bionas.rules.oja import magnitude_zscore
+    from bionas.space import load_space
+
+    y = torch.randn(3, 4, 5, 5, dtype=torch.float64)
+    z = magnitude_zscore(y, beta=2.0)
+    a = y.abs().flatten(1)
+    ref = torch.relu(2.0 * (a - a.mean(1, keepdim=True)) / a.std(1, keepdim=True))  # eq. 6, then ReLU
+    ref = ref / ref.amax(1, keepdim=True)  # rescaled to [0, 1] per sample
+    assert torch.allclose(z.flatten(1), ref, atol=1e-6)
+    op = Candidate("sep_conv_3x3+zscore", "oja+dale").build(8, 2, seed=0)
+    assert not any(isinstance(m, nn.ReLU) for m in op.modules())
+    assert sum(isinstance(m, MagnitudeZScore) for m in op.modules()) == 2
+    assert op(torch.randn(2, 8, 6, 6)).shape == (2, 8, 3, 3)
+    assert "max_pool_3x3+zscore" not in ops.OPS
+    with pytest.raises(ConfigError, match="op max_pool_3x3 has no ReLU"):
+        ops.OPS.get("max_pool_3x3+zscore")
+    space = tmp_path / "excitatory.yaml"
+    space.write_text("name: excitatory\ncandidates:\n  none: []\n  sep_conv_3x3+zscore: [oja+dale, bp+dale]\n"
+                     "  conv_1x1+zscore: [wp+dale]\nsupernet: {channels: 8, cells: 3, nodes: 4}\n")
+    assert len(load_space(str(space)).candidates) == 4

@@ -14,23 +14,9 @@ from torch import Tensor, nn
 
 from bionas.errors import ConfigError
 from bionas.models.resnet import MODELS
-from bionas.rules.oja import magnitude_zscore
+from bionas.ops.activation import MagnitudeZScore
 
 ACTIVATIONS = ("relu", "zscore")
-
-
-class MagnitudeZScore(nn.Module):
-    """Eq. 6 as a module: ``beta (|y| - mean) / std`` per sample, ReLU, rescaled to [0, 1]."""
-
-    def __init__(self, beta: float = 1.0):
-        super().__init__()
-        self.beta = float(beta)
-
-    def forward(self, y: Tensor) -> Tensor:
-        return magnitude_zscore(y, self.beta)
-
-    def extra_repr(self) -> str:
-        return f"beta={self.beta}"
 
 
 class MLP(nn.Module):
