@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar
 
-from bionas.errors import UnknownNameError
+from bionas.errors import BionasError, UnknownNameError
 
 T = TypeVar("T")
 
@@ -60,3 +60,25 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class ComposingRegistry(Registry[T]):
+    """A registry whose names may carry ``+`` parts (``usf+bcm_lr``, ``sep_conv_3x3+zscore``):
+    ``get`` hands such a name to :meth:`compose`, and ``in`` says whether it composes."""
+
+    def compose(self, name: str) -> T:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def get(self, name: str) -> T:
+        if not isinstance(name, str) or "+" not in name:
+            return super().get(name)
+        return self.compose(name)
+
+    def __contains__(self, name: object) -> bool:
+        if isinstance(name, str) and "+" in name:
+            try:
+                self.compose(name)
+            except (BionasError, ValueError):
+                return False
+            return True
+        return super().__contains__(name)

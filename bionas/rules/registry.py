@@ -9,36 +9,25 @@ takes a modified one too. ``RULES.names()`` lists the plain rules.
 from __future__ import annotations
 
 from bionas.errors import UnknownNameError
-from bionas.registry import Registry
+from bionas.registry import ComposingRegistry, Registry
 
 
-class RuleRegistry(Registry):
-    """A registry whose ``get`` also builds ``RULE+MODIFIER[+MODIFIER...]`` classes."""
+class RuleRegistry(ComposingRegistry):
+    """A registry whose ``get`` also builds ``RULE+MODIFIER[+MODIFIER...]`` classes (cached)."""
 
     def __init__(self, kind: str):
         super().__init__(kind)
         self._composed: dict[str, type] = {}
 
-    def get(self, name: str):
-        if not isinstance(name, str) or "+" not in name:
-            return super().get(name)
+    def compose(self, name: str):
         if name not in self._composed:
             from bionas.rules.modifiers import compose
 
             base, *mods = name.split("+")
             if not mods or not all(mods):
                 raise UnknownNameError(f"malformed rule {name!r}: write RULE+MODIFIER, e.g. usf+bcm_lr")
-            self._composed[name] = compose(super().get(base), [MODIFIERS.get(m) for m in mods], name)
+            self._composed[name] = compose(Registry.get(self, base), [MODIFIERS.get(m) for m in mods], name)
         return self._composed[name]
-
-    def __contains__(self, name: object) -> bool:
-        if isinstance(name, str) and "+" in name:
-            try:
-                self.get(name)
-            except (UnknownNameError, ValueError):
-                return False
-            return True
-        return super().__contains__(name)
 
 
 RULES: RuleRegistry = RuleRegistry("learning rule")
