@@ -32,6 +32,21 @@ def global_sum(t: Tensor) -> Tensor:
     return t
 
 
+def global_count(n: int, like: Tensor) -> Tensor:
+    """The number ``n`` (of samples, or sample-positions) summed over the processes, as a scalar
+    of ``like``'s dtype and device: the denominator of a global-batch mean."""
+    return global_sum(torch.tensor(float(n), dtype=like.dtype, device=like.device))
+
+
+def without_bias(layer: nn.Module, y: Tensor) -> Tensor:
+    """The layer's output ``y`` less its bias (channels on dim 1 of a map, last dim of a linear
+    output): the weights' own product ``W x``, what the local rules' updates use."""
+    if layer.bias is None:
+        return y
+    shape = (1, -1, 1, 1) if y.dim() == 4 else (-1,)
+    return y - layer.bias.detach().view(shape)
+
+
 def conv_geometry(layer: nn.Conv2d) -> tuple[tuple, tuple, tuple, int]:
     """``(stride, padding, dilation, groups)`` of a zero-padded convolution with numeric padding."""
     if isinstance(layer.padding, str) or layer.padding_mode != "zeros":

@@ -57,7 +57,8 @@ from torch import Tensor, nn
 
 from bionas.errors import ConfigError
 from bionas.rules.base import LocalRule
-from bionas.rules.conv_local import apply_surround, correlate, dog_kernel, global_sum, patch_norms
+from bionas.rules.conv_local import (apply_surround, correlate, dog_kernel, global_count, global_sum, patch_norms,
+                                     without_bias)
 from bionas.rules.registry import RULES
 
 UPDATES = ("outer", "instar", "bcm", "softhebb")
@@ -151,10 +152,9 @@ class HebbianRule(LocalRule):
     def update(self, layer: nn.Conv2d, x: Tensor, y: Tensor) -> None:
         W = layer.weight
         x, u = x.to(W.dtype), y.to(W.dtype)  # under autocast the forward ran in lower precision
-        if layer.bias is not None:
-            u = u - layer.bias.detach()[None, :, None, None]
+        u = without_bias(layer, u)
         post = self.compete(self.activity(layer, x, u))
-        count = global_sum(torch.tensor(float(post.numel() // post.shape[1]), dtype=W.dtype, device=W.device))
+        count = global_count(post.numel() // post.shape[1], W)
         dW = self.direction(layer, x, u, post, count)
         if self.normalise_update:
             dW = dW / dW.abs().amax().clamp_min(_EPS)

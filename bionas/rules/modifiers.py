@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from bionas.errors import ConfigError
 from bionas.rules.base import LearningRule, LocalRule
-from bionas.rules.conv_local import correlate, global_sum
+from bionas.rules.conv_local import correlate, global_count, global_sum, without_bias
 from bionas.rules.registry import MODIFIERS
 
 
@@ -196,16 +196,14 @@ class BcmLearningRate(Modifier):
         if self.statistic != "coactivation":
             return
         W = layer.weight
-        x, u = x.to(W.dtype), y.to(W.dtype)
-        if layer.bias is not None:  # the weights' own product, without the bias
-            u = u - layer.bias.detach().view(1, -1, *([1] * (u.dim() - 2)))
+        x, u = x.to(W.dtype), without_bias(layer, y.to(W.dtype))  # the weights' own product
         if W.dim() == 4:
-            count = global_sum(torch.tensor(float(u.numel() // u.shape[1]), dtype=W.dtype, device=W.device))
+            count = global_count(u.numel() // u.shape[1], W)
             co = global_sum(correlate(layer, x, u)) / count
             sq = global_sum((u * u).sum((0, 2, 3))) / count
         else:
             x2, u2 = x.reshape(-1, x.shape[-1]), u.reshape(-1, u.shape[-1])
-            count = global_sum(torch.tensor(float(len(u2)), dtype=W.dtype, device=W.device))
+            count = global_count(len(u2), W)
             co = global_sum(u2.t() @ x2) / count
             sq = global_sum((u2 * u2).sum(0)) / count
         self.saturation.copy_(self._mean(self.saturation, co))

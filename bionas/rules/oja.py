@@ -36,7 +36,7 @@ from torch import Tensor
 
 from bionas.errors import ConfigError
 from bionas.rules.base import LocalRule
-from bionas.rules.conv_local import correlate, global_sum
+from bionas.rules.conv_local import correlate, global_count, global_sum, without_bias
 from bionas.rules.registry import RULES
 
 
@@ -81,8 +81,7 @@ def oja_direction(layer, x: Tensor, z: Tensor, exclude_self: bool) -> tuple[Tens
     if exclude_self:
         gram = gram - torch.diag(torch.diagonal(gram))
     decay = (gram @ W.flatten(1)).view_as(W)
-    total = global_sum(torch.tensor(float(count), dtype=W.dtype, device=W.device))
-    return global_sum(hebb - decay), total
+    return global_sum(hebb - decay), global_count(count, W)
 
 
 @RULES.register("oja")
@@ -101,9 +100,7 @@ class OjaRule(LocalRule):
 
     def update(self, layer, x: Tensor, y: Tensor) -> None:
         W = layer.weight
-        x, z = x.to(W.dtype), y.to(W.dtype)
-        if layer.bias is not None:
-            z = z - layer.bias.detach().view(1, -1, *([1] * (z.dim() - 2)))
+        x, z = x.to(W.dtype), without_bias(layer, y.to(W.dtype))
         direction, count = oja_direction(layer, x, postsynaptic(z, self.post, self.beta), self.exclude_self)
         W.add_(direction / count, alpha=self.lr)
 

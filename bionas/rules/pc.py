@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from bionas.errors import ConfigError
 from bionas.rules.base import LocalRule, xavier_like
-from bionas.rules.conv_local import conv_geometry, correlate, global_sum, reconstruct
+from bionas.rules.conv_local import conv_geometry, correlate, global_count, global_sum, reconstruct, without_bias
 from bionas.rules.registry import RULES
 
 _EPS = 1e-12
@@ -116,7 +116,7 @@ class PredictiveCodingRule(LocalRule):
         y = layer.plain_forward(x.detach() if self.detach_input_error else x, detached=True,
                                 snapshot=layer.local_updates)
         with torch.no_grad():
-            r0 = y.detach() if layer.bias is None else y.detach() - layer.bias.detach()[None, :, None, None]
+            r0 = without_bias(layer, y.detach())
             r0, r, e, pi = self.infer(layer, x.detach(), layer.weight.detach(), self.G, r0=r0.to(x.dtype))
             refinement = self.gate * (r - r0)
         y = y + refinement  # value: the refined output
@@ -128,7 +128,7 @@ class PredictiveCodingRule(LocalRule):
     def learn(self, layer: nn.Conv2d, x: Tensor, r0: Tensor, r: Tensor, e: Tensor, pi: Tensor) -> None:
         """The two local updates, from the quantities inference left (see the module docstring)."""
         W = layer.weight
-        M = global_sum(torch.tensor(float(r.numel() // r.shape[1]), dtype=r.dtype, device=r.device))
+        M = global_count(r.numel() // r.shape[1], r)
         dG = global_sum(correlate(layer, e, pi * r)) / M
         dW = global_sum(correlate(layer, x, r - r0)) / M
         self.G.add_(dG.to(self.G.dtype), alpha=self.lr)

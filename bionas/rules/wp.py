@@ -52,7 +52,7 @@ from torch import Tensor, nn
 
 from bionas.errors import ConfigError
 from bionas.rules.base import LocalRule, layer_seed
-from bionas.rules.conv_local import global_sum
+from bionas.rules.conv_local import global_count, global_sum, without_bias
 from bionas.rules.oja import POSTS, oja_direction, postsynaptic
 from bionas.rules.registry import RULES
 
@@ -100,14 +100,13 @@ class WeightPerturbation(LocalRule):
         self._pending = {}
         W = layer.weight
         z = y.to(W.dtype)
-        if layer.bias is not None:
-            if self.bias_gamma > 0:
-                dims = [d for d in range(z.dim()) if d != (1 if z.dim() == 4 else z.dim() - 1)]
-                p = torch.softmax(z, dim=1 if z.dim() == 4 else -1)
-                count = global_sum(torch.tensor(float(p.numel() // p.shape[1 if z.dim() == 4 else -1]),
-                                                dtype=p.dtype, device=p.device))
-                self._pending["mean_p"] = global_sum(p.sum(dims)) / count  # over the global batch
-            z = z - layer.bias.detach().view(1, -1, *([1] * (z.dim() - 2)))
+        if layer.bias is not None and self.bias_gamma > 0:
+            units = 1 if z.dim() == 4 else z.dim() - 1
+            p = torch.softmax(z, dim=units)
+            dims = [d for d in range(z.dim()) if d != units]
+            count = global_count(p.numel() // p.shape[units], p)
+            self._pending["mean_p"] = global_sum(p.sum(dims)) / count  # over the global batch
+        z = without_bias(layer, z)
         if self.mix and self.hebbian_weight > 0:
             direction, count = oja_direction(layer, x.to(W.dtype), postsynaptic(z, self.post), exclude_self=True)
             self._pending["hebbian"] = self.lr * direction / count  # eq. 2, with its own eta
