@@ -53,7 +53,9 @@ def main() -> None:
     parser.add_argument("--beta", type=float, nargs="+", default=[87500.0, 8750.0, 875.0])
     parser.add_argument("--epochs", type=int, default=4)
     args = parser.parse_args()
-    root = os.environ.get("BIONAS_DATA", "../shared/data/cifar10")
+    root = os.environ.get("BIONAS_DATA")
+    if not root:
+        raise SystemExit("wp_step_probe: set BIONAS_DATA to a CIFAR-10 directory (torchvision layout)")
     print("| beta | " + " | ".join(f"epoch {e + 1}: test loss / acc" for e in range(args.epochs)) + " |")
     print("|---:|" + "---|" * args.epochs)
     for beta in args.beta:
