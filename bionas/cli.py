@@ -95,9 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_analyze)
     text = "the paper's claims as runs and a table (finished runs are skipped, killed ones resumed)"
     p = sub.add_parser("reproduce", help=text, description=text)
-    p.add_argument("experiment", metavar="EXPERIMENT",
+    p.add_argument("experiment", metavar="EXPERIMENT", nargs="+",
                    help="mixed_vs_single (claims 1-2: Tables 1 and 5), table1 (Tables 1 and 3), dynamics (claim 4: "
-                        "Figures 3-6), robustness (Table 4), or all (every one, shared runs made once)")
+                        "Figures 3-6), robustness (Table 4), or all (every one); several names run in the order "
+                        "given, shared runs made once")
     p.add_argument("--scale", default="smoke", help="smoke, mini or paper (default: %(default)s)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="default: 0 1 2")
     p.add_argument("--root", default="runs/reproduce", help="runs go to ROOT/SCALE/ (default: %(default)s)")

@@ -92,10 +92,14 @@ class Run:
     labels: dict = field(default_factory=dict)  # what the table groups by (seed, variant)
     kind: str = ""  # for the cost estimate: resnet20, eg, hlpc, ...
 
+    @property
+    def marker(self) -> str:
+        """The file that a finished run has written last."""
+        return {"search": "genotype.json", "train": "results.json", "random_cell": "genotype.json",
+                "attack": "results.csv"}[self.command]
+
     def finished(self, root: Path) -> bool:
-        marker = {"search": "genotype.json", "train": "results.json", "random_cell": "genotype.json",
-                  "attack": "results.csv"}[self.command]
-        return (root / self.name / marker).is_file()
+        return (root / self.name / self.marker).is_file()
 
     def resumable(self, root: Path) -> bool:
         """A killed run that continues where it stopped (a checkpoint; an attack's finished rows)."""
@@ -160,9 +164,15 @@ ROBUST_MODELS = ("ResNet56 fa", "ResNet56 usf", "ResNet56 frsf", "ResNet56 brsf"
 
 @EXPERIMENTS.register("table1")
 def table1(scale: str, seeds: list[int]) -> Experiment:
+    # the trainings that need no new search first (every seed), then the EG and HL-PC searches:
+    # a sitting cut short has finished whole rows rather than half of a long search
     runs = []
     for s in seeds:
         runs += [_darts_search(s), _searched_cell(s)]
+        runs.append(Run(f"train_s{s}_darts_v2", "train", {"genotype": "darts_v2", "space": "darts", "seed": s},
+                        {"seed": s, "variant": "DARTS V2 (bp)"}))
+        runs += [_resnet(s, depth, r) for depth in (20, 56) for r in SINGLE_RULES]
+    for s in seeds:
         runs.append(Run(f"search_eg_s{s}", "search", {"method": "eg", "seed": s}, {"seed": s, "variant": "search"},
                         kind="eg"))
         runs.append(Run(f"train_s{s}_eg", "train", {"genotype": f"@search_eg_s{s}/genotype.json", "seed": s},
@@ -172,9 +182,6 @@ def table1(scale: str, seeds: list[int]) -> Experiment:
         runs.append(Run(f"train_s{s}_hlpc", "train", {"genotype": f"@search_hlpc_s{s}/genotype.json",
                                                       "space": "bionas_hl_pc", "seed": s},
                         {"seed": s, "variant": "BioNAS-DARTS-HL-PC"}))
-        runs.append(Run(f"train_s{s}_darts_v2", "train", {"genotype": "darts_v2", "space": "darts", "seed": s},
-                        {"seed": s, "variant": "DARTS V2 (bp)"}))
-        runs += [_resnet(s, depth, r) for depth in (20, 56) for r in SINGLE_RULES]
     return Experiment(runs, _table1)
 
 
@@ -199,14 +206,21 @@ def robustness(scale: str, seeds: list[int]) -> Experiment:
     return Experiment(runs, _robustness_table)
 
 
-def plan(experiment: str, scale: str, seeds: list[int]) -> Experiment:
-    """The experiment's runs; ``all``: every experiment's, each shared run once (its aggregation
-    writes every experiment's table)."""
+def plan(experiments: str | list[str], scale: str, seeds: list[int]) -> Experiment:
+    """The runs of one experiment, or of several in the order given (``all``: every registered
+    one): their union, each shared run once, whose aggregation writes every experiment's own table
+    and returns an index of them. Naming the cheaper experiments first lets a sitting of limited
+    length finish whole tables before it starts the long searches of others."""
     if scale not in SCALES:
         raise ConfigError(f"unknown scale {scale!r}; choose from {', '.join(SCALES)}")
-    if experiment != "all":
-        return EXPERIMENTS.get(experiment)(scale, seeds)
-    parts = {name: EXPERIMENTS.get(name)(scale, seeds) for name in EXPERIMENTS.names()}
+    names = [experiments] if isinstance(experiments, str) else list(experiments)
+    if names == ["all"]:
+        names = EXPERIMENTS.names()
+    elif "all" in names:
+        raise ConfigError("'all' already names every experiment; give it alone")
+    if len(names) == 1:
+        return EXPERIMENTS.get(names[0])(scale, seeds)
+    parts = {name: EXPERIMENTS.get(name)(scale, seeds) for name in dict.fromkeys(names)}
     runs = list({r.name: r for part in parts.values() for r in part.runs}.values())
 
     def aggregate(_runs: list[Run], root: Path, out: Path) -> str:
@@ -217,6 +231,12 @@ def plan(experiment: str, scale: str, seeds: list[int]) -> Experiment:
         return "\n".join(index) + "\n"
 
     return Experiment(runs, aggregate)
+
+
+def output_name(experiments: str | list[str]) -> str:
+    """The folder under ``ROOT/SCALE/`` of an experiment's table (of several: their index)."""
+    names = [experiments] if isinstance(experiments, str) else list(dict.fromkeys(experiments))
+    return "+".join(names)
 
 
 def estimate(runs: list[Run], scale: str, root: Path) -> tuple[list[dict], float]:
@@ -324,6 +344,7 @@ def run_all(runs: list[Run], scale: str, root: Path, data_dir: str | None, devic
     process holds, or one whose inputs another process is still making, is passed over and
     taken up again later; with nothing else to do, wait for the other process."""
     pending, number = list(runs), {r.name: i + 1 for i, r in enumerate(runs)}
+    by_name = {r.name: r for r in runs}
     while pending:
         waiting, progressed = [], False
         for run in pending:
@@ -331,6 +352,13 @@ def run_all(runs: list[Run], scale: str, root: Path, data_dir: str | None, devic
                 log.info("done already: %s", run.name)
                 progressed = True
                 continue
+            for producer in _lost_inputs(run, by_name, root):
+                lock = RunLock(root, producer.name)
+                if lock.acquire():  # else another process is making it again
+                    try:
+                        remake(producer, scale, root, data_dir, device)
+                    finally:
+                        lock.release()
             missing = [p for p in _inputs(run, root) if not p.is_file()]
             lock = RunLock(root, run.name)
             if missing or not lock.acquire():
@@ -357,6 +385,51 @@ def run_all(runs: list[Run], scale: str, root: Path, data_dir: str | None, devic
                      ", ".join(held), RunLock.STALE_SECONDS / 60)
             time.sleep(POLL_SECONDS)
         pending = waiting
+
+
+def _lost_inputs(run: Run, by_name: dict[str, Run], root: Path) -> list[Run]:
+    """The finished runs of the plan whose files ``run`` reads are gone: checkpoints are kept
+    beside a run's results on the machine that made it, not in git, so a fresh clone has a
+    finished training's results but not the weights an attack needs."""
+    lost = []
+    for path in _inputs(run, root):
+        producer = by_name.get(path.relative_to(root).parts[0])
+        if not path.is_file() and producer is not None and producer.finished(root) and producer not in lost:
+            lost.append(producer)
+    return lost
+
+
+def _metrics(path: Path) -> dict:
+    """The numbers a run's results file reports, less its timings (which differ run to run)."""
+    if path.suffix != ".json":
+        return {"text": path.read_text()}
+    data = json.loads(path.read_text())
+    return {k: v for k, v in data.items() if isinstance(v, (int, float)) and "seconds" not in k}
+
+
+def remake(run: Run, scale: str, root: Path, data_dir: str | None, device: str) -> None:
+    """Make a finished run again from the start (to restore a file it made that is gone), and
+    compare its results with the first time's: a run is seeded, so on the same kind of machine
+    it is bitwise the same; a difference is logged, and the first results are kept beside as
+    ``NAME.previous.EXT``."""
+    marker = root / run.name / run.marker
+    first = marker.with_name(f"{marker.stem}.previous{marker.suffix}")
+    log.info("%s is finished but a file another run reads is gone (checkpoints stay on the machine that "
+             "made them): making it again", run.name)
+    if first.exists():  # a remake killed before: the first results are set aside already
+        marker.unlink()
+    else:
+        marker.rename(first)
+    execute(run, scale, root, data_dir, device)
+    before, after = _metrics(first), _metrics(marker)
+    if before == after:
+        log.info("%s made again: the same results as the first time", run.name)
+        first.unlink()
+    else:
+        changed = ", ".join(f"{k} {before.get(k)} -> {after.get(k)}" for k in sorted(set(before) | set(after))
+                            if before.get(k) != after.get(k))
+        log.warning("%s made again differs from the first time (%s); the new run is the one used, the first "
+                    "one's results are kept in %s", run.name, changed, first)
 
 
 def execute(run: Run, scale: str, root: Path, data_dir: str | None, device: str) -> None:
@@ -490,6 +563,7 @@ def _dynamics_table(runs: list[Run], root: Path, out: Path) -> str:
     frame = pd.concat(rows, ignore_index=True).rename(columns={"run": "variant"})
     save_csv(frame, out / "runs.csv")
     stats = [("grad_variance_per_weight_mean", "gradient variance per weight (mean over windows)", "{:.2e}"),
+             ("grad_variance_per_weight_last", "gradient variance per weight (last window)", "{:.2e}"),
              ("noise_ratio_mean", "gradient noise ratio", "{:.1f}"),
              ("update_angle_median_last_epoch", "update angle to backprop, last epoch (deg)", "{:.1f}"),
              ("weight_kurtosis_final", "weight kurtosis at the end", "{:.2f}")]
@@ -505,15 +579,17 @@ def _dynamics_table(runs: list[Run], root: Path, out: Path) -> str:
             cells.append("-" if v.empty else fmt.format(v.mean()) + spread)
         lines.append(f"| {variant} | {len(sub)} | " + " | ".join(cells) + " |")
     lines += ["", "Mixed against each single rule, per seed: log10(variance mixed / variance single) "
-              "(negative: mixed lower)", "", "| single rule | per seed | mean | mixed lower on every seed |",
-              "|---|---|---:|---|"]
-    variance = frame.pivot_table(index="seed", columns="variant", values="grad_variance_per_weight_mean")
-    for rule in [r for r in SINGLE_RULES if r in variance and "mixed" in variance]:
-        ratio = np.log10(variance["mixed"] / variance[rule]).dropna()
-        if ratio.empty:
-            continue
-        lines.append(f"| {rule} | {', '.join(f'{v:+.2f}' for v in ratio)} | {ratio.mean():+.2f} | "
-                     f"{'yes' if (ratio < 0).all() else 'no'} |")
+              "(negative: mixed lower), over the whole run (mean over windows) and at its end (last window)", "",
+              "| single rule | statistic | per seed | mean | mixed lower on every seed |", "|---|---|---|---:|---|"]
+    for column, statistic in [("grad_variance_per_weight_mean", "mean over windows"),
+                              ("grad_variance_per_weight_last", "last window")]:
+        variance = frame.pivot_table(index="seed", columns="variant", values=column)
+        for rule in [r for r in SINGLE_RULES if r in variance and "mixed" in variance]:
+            ratio = np.log10(variance["mixed"] / variance[rule]).dropna()
+            if ratio.empty:
+                continue
+            lines.append(f"| {rule} | {statistic} | {', '.join(f'{v:+.2f}' for v in ratio)} | {ratio.mean():+.2f} | "
+                         f"{'yes' if (ratio < 0).all() else 'no'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -603,10 +679,11 @@ def _plot(frame: pd.DataFrame, order: list[str], path: Path, title: str, highlig
     plt.close(fig)
 
 
-def reproduce(experiment: str, scale: str, seeds: list[int], root: str | Path, data_dir: str | None = None,
+def reproduce(experiment: str | list[str], scale: str, seeds: list[int], root: str | Path, data_dir: str | None = None,
               device: str = "auto", dry_run: bool = False, table_only: bool = False) -> Path:
-    """Run what is left of ``experiment`` at ``scale`` under ``root/scale`` and write its table
-    (``table_only``: write it from the runs finished so far, running nothing)."""
+    """Run what is left of ``experiment`` (a name, or several in order) at ``scale`` under
+    ``root/scale`` and write its table (``table_only``: write it from the runs finished so far,
+    running nothing)."""
     from bionas.io import check_output_dir, save_csv
 
     exp = plan(experiment, scale, seeds)
@@ -621,7 +698,7 @@ def reproduce(experiment: str, scale: str, seeds: list[int], root: str | Path, d
         return root
     if not table_only:
         run_all(exp.runs, scale, root, data_dir, device)
-    out = _write_table(exp, root, root / experiment)
+    out = _write_table(exp, root, root / output_name(experiment))
     save_csv(pd.DataFrame(estimate(exp.runs, scale, root)[0]), out / "plan.csv")
     return out
 

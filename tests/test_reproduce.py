@@ -1,11 +1,13 @@
 """bionas reproduce: plans, tables against hand computation, every experiment at smoke scale on real
 CIFAR-10 end to end, and a second sitting that skips finished runs and resumes killed ones."""
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from bionas.cli import main
+from bionas.errors import ConfigError
 from bionas.reproduce import plan
 
 
@@ -94,6 +96,51 @@ def test_a_process_waits_for_a_run_another_one_holds_and_names_a_missing_input(t
         run_all([Run("train_x", "train", {"genotype": "@nothing/genotype.json"})], "smoke", tmp_path, None, "cpu")
 
 
+def test_a_finished_run_whose_checkpoint_is_gone_is_made_again_for_the_run_that_reads_it(
+        cifar10_root, tmp_path, monkeypatch, caplog):
+    """A fresh clone holds finished trainings without their checkpoints (not in git): an attack that
+    needs one makes that training again, and says whether it matched the first time."""
+    import logging
+
+    import bionas.reproduce as reproduce
+    from bionas.reproduce import Run, run_all
+
+    real_execute, seen = reproduce.execute, []
+
+    def execute(run, *args):
+        if run.name == "attack_x":  # stands for the attack: records what it finds
+            seen.append((run.name, (tmp_path / "train_x" / "checkpoint.pt").is_file()))
+            (tmp_path / "attack_x").mkdir(exist_ok=True)
+            (tmp_path / "attack_x" / "results.csv").write_text("attack\n")
+            return
+        seen.append((run.name, None))
+        real_execute(run, *args)
+
+    monkeypatch.setattr(reproduce, "execute", execute)
+    train = Run("train_x", "train", {"model": "resnet20", "rule": "bp", "seed": 0})
+    attack = Run("attack_x", "attack", {"checkpoints": ["@train_x/checkpoint.pt"]})
+    run_all([train], "smoke", tmp_path, str(cifar10_root), "cpu")
+    first = json.loads((tmp_path / "train_x" / "results.json").read_text())
+    (tmp_path / "train_x" / "checkpoint.pt").unlink()
+    seen.clear()
+    with caplog.at_level(logging.INFO, logger="bionas.reproduce"):
+        run_all([train, attack], "smoke", tmp_path, str(cifar10_root), "cpu")
+    assert seen == [("train_x", None), ("attack_x", True)]  # made again, before the attack
+    messages = [r.getMessage() for r in caplog.records]
+    assert "train_x made again: the same results as the first time" in messages
+    assert json.loads((tmp_path / "train_x" / "results.json").read_text())["test_acc"] == first["test_acc"]
+    assert not (tmp_path / "train_x" / "results.previous.json").exists()
+    # made on another machine, the first results differed: both are kept, the difference is said
+    (tmp_path / "train_x" / "checkpoint.pt").unlink()
+    (tmp_path / "attack_x" / "results.csv").unlink()
+    (tmp_path / "train_x" / "results.json").write_text(json.dumps({**first, "test_acc": 0.999}))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="bionas.reproduce"):
+        run_all([train, attack], "smoke", tmp_path, str(cifar10_root), "cpu")
+    warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warning) == 1 and f"test_acc 0.999 -> {first['test_acc']}" in warning[0]
+    assert json.loads((tmp_path / "train_x" / "results.previous.json").read_text())["test_acc"] == 0.999
+
 def test_every_experiment_plans_its_rows_and_shares_runs():
     names = {e: [r.name for r in plan(e, "mini", [0, 1, 2]).runs] for e in ("table1", "dynamics", "robustness")}
     assert len(names["table1"]) == len(set(names["table1"])) == 3 * 17
@@ -106,6 +153,57 @@ def test_every_experiment_plans_its_rows_and_shares_runs():
     assert len(every) == len(set(every))  # a run shared by experiments is made once
     assert set(every) == {n for e in ("mixed_vs_single", "table1", "dynamics", "robustness")
                           for n in (r.name for r in plan(e, "mini", [0]).runs)}
+
+    # several experiments: their runs in the order named, each once; 'all' only alone
+    two = [r.name for r in plan(["robustness", "mixed_vs_single"], "mini", [0, 1]).runs]
+    robust = [r.name for r in plan("robustness", "mini", [0, 1]).runs]
+    assert two[:len(robust)] == robust and len(two) == len(set(two))
+    assert set(two) == set(robust) | {r.name for r in plan("mixed_vs_single", "mini", [0, 1]).runs}
+    with pytest.raises(ConfigError, match="'all' already names every experiment"):
+        plan(["all", "table1"], "mini", [0])
+
+
+def test_several_experiments_from_the_cli_write_each_table_and_an_index(tmp_path, capsys):
+    assert main(["reproduce", "dynamics", "mixed_vs_single", "--scale", "mini", "--seeds", "0", "--root",
+                 str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    # dynamics' 7 runs first, then the 3 that mixed_vs_single adds
+    assert " train_s0_frsf " in out[6] and " train_s0_random_rules " in out[7] and out[-1].startswith("10 of 10 runs")
+    _fake_training(tmp_path / "mini", "train_s0_mixed", 0.5)
+    assert main(["reproduce", "dynamics", "mixed_vs_single", "--scale", "mini", "--seeds", "0", "--root",
+                 str(tmp_path), "--table-only"]) == 0
+    index = (tmp_path / "mini" / "dynamics+mixed_vs_single" / "table.md").read_text()
+    assert "* dynamics:" in index and "* mixed_vs_single:" in index
+    assert (tmp_path / "mini" / "mixed_vs_single" / "table.md").read_text().splitlines()[2].startswith("| mixed | 1 |")
+
+
+def test_dynamics_table_pairs_mixed_with_each_rule_over_the_run_and_at_its_end(tmp_path, monkeypatch):
+    import bionas.analyze
+
+    # per seed, the gradient variance per weight (mean over windows, last window) of each retraining
+    variance = {0: {"mixed": (2e-5, 1e-6), "bp": (1e-5, 1e-5)}, 1: {"mixed": (4e-5, 2e-6), "bp": (4e-5, 1e-6)}}
+
+    def fake_analyze(folders, out, labels):
+        seed = int(Path(out).name.split("_")[1])
+        out.mkdir(parents=True)
+        pd.DataFrame([{"run": v, "rule": "all", "grad_variance_per_weight_mean": variance[seed][v][0],
+                       "grad_variance_per_weight_last": variance[seed][v][1], "noise_ratio_mean": 1.0,
+                       "update_angle_median_last_epoch": 0.0, "weight_kurtosis_final": 3.0} for v in labels]
+                     ).to_csv(out / "summary.csv", index=False)
+        return out
+
+    monkeypatch.setattr(bionas.analyze, "analyze", fake_analyze)
+    exp = plan("dynamics", "mini", [0, 1])
+    for seed in (0, 1):
+        for v in ("mixed", "bp"):
+            _fake_training(tmp_path, f"train_s{seed}_{v}", 0.5)
+            (tmp_path / f"train_s{seed}_{v}" / "dynamics.csv").write_text("step\n")
+    table = exp.aggregate(exp.runs, tmp_path, tmp_path / "out")
+    # last window: mixed 1e-6 and 2e-6, mean 1.5e-6, sd 7.07e-7
+    assert "| mixed | 2 | 3.00e-05 +- 1.41e-05 | 1.50e-06 +- 7.07e-07 |" in table
+    # log10(2e-5 / 1e-5) = +0.30, log10(4e-5 / 4e-5) = 0; log10(1e-6 / 1e-5) = -1, log10(2e-6 / 1e-6) = +0.30
+    assert "| bp | mean over windows | +0.30, +0.00 | +0.15 | no |" in table
+    assert "| bp | last window | -1.00, +0.30 | -0.35 | no |" in table
 
 
 def _fake_training(root, name, acc, parameters=1000):
