@@ -72,9 +72,10 @@ SCALES: dict[str, dict] = {
     # mini and paper retrainings record their learning dynamics (claim 4, +4% time): bionas analyze
     "mini": {"search": ("mini", {}), "train": ("short", {"test_per_class": 200, "dynamics": True}),
              "attack": ("full", {"n": 250}),
-             # measured with two jobs sharing the 2 cores: a DARTS search 64 min, a cell retraining ~8 min
-             "cost": {"search": 64 * 60, "search/hlpc": 80 * 60, "train": 9 * 60, "train/resnet20": 2 * 60,
-                      "train/resnet56": 5 * 60, "attack": 45 * 60}},
+             # measured with two jobs sharing the 2 cores: a DARTS search 64 min, a cell retraining
+             # 16-28 min (bp, usf, brsf, mixed; the sum of its epochs' seconds), fa's 50 min
+             "cost": {"search": 64 * 60, "search/hlpc": 80 * 60, "train": 25 * 60, "train/resnet20": 3 * 60,
+                      "train/resnet56": 9 * 60, "attack": 45 * 60}},
     "paper": {"search": ("paper", {}), "train": (None, {"dynamics": True, "dynamics_every": 200}),
               "attack": ("full", {"n": 1000, "square_queries": 5000}),
               "cost": {"search": 1.4 * 86400, "search/eg": 0.35 * 86400, "train": 1.5 * 86400,
@@ -240,10 +241,13 @@ def output_name(experiments: str | list[str]) -> str:
 
 
 def estimate(runs: list[Run], scale: str, root: Path) -> tuple[list[dict], float]:
-    """Each run's state and estimated cost (seconds); the total for the runs left."""
+    """Each run's state (done, to remake: finished but a file an unfinished run reads is gone,
+    resumable, to run) and estimated cost (seconds); the total for the runs left."""
     cost = SCALES[scale]["cost"]
-    rows = [{"run": r.name, "command": r.command, "state": "done" if r.finished(root) else
-             ("resumable" if r.resumable(root) else "to run"),
+    by_name = {r.name: r for r in runs}
+    lost = {p.name for r in runs if not r.finished(root) for p in _lost_inputs(r, by_name, root)}
+    rows = [{"run": r.name, "command": r.command, "state": "to remake" if r.name in lost else "done"
+             if r.finished(root) else ("resumable" if r.resumable(root) else "to run"),
              "estimate_s": cost.get(f"{r.command}/{r.kind}", cost.get(r.command, 1))} for r in runs]
     return rows, sum(r["estimate_s"] for r in rows if r["state"] != "done")
 

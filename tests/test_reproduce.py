@@ -103,7 +103,7 @@ def test_a_finished_run_whose_checkpoint_is_gone_is_made_again_for_the_run_that_
     import logging
 
     import bionas.reproduce as reproduce
-    from bionas.reproduce import Run, run_all
+    from bionas.reproduce import Run, estimate, run_all
 
     real_execute, seen = reproduce.execute, []
 
@@ -122,6 +122,8 @@ def test_a_finished_run_whose_checkpoint_is_gone_is_made_again_for_the_run_that_
     run_all([train], "smoke", tmp_path, str(cifar10_root), "cpu")
     first = json.loads((tmp_path / "train_x" / "results.json").read_text())
     (tmp_path / "train_x" / "checkpoint.pt").unlink()
+    states = {r["run"]: r["state"] for r in estimate([train, attack], "smoke", tmp_path)[0]}
+    assert states == {"train_x": "to remake", "attack_x": "to run"}  # --dry-run says so, and counts it
     seen.clear()
     with caplog.at_level(logging.INFO, logger="bionas.reproduce"):
         run_all([train, attack], "smoke", tmp_path, str(cifar10_root), "cpu")
