@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list the runs, their state and estimated cost")
     p.add_argument("--table-only", action="store_true", help="write the tables from the runs finished so far; "
                    "run nothing")
+    p.add_argument("--no-wait", action="store_true", help="when every run left is another process's, write the "
+                   "tables and exit instead of waiting for it (to go on to a next command)")
     p.set_defaults(handler=_reproduce)
     return parser
 
@@ -115,7 +117,7 @@ def _reproduce(args) -> int:
     from bionas.reproduce import reproduce
 
     out = reproduce(args.experiment, args.scale, args.seeds, args.root, args.data_dir, args.device, args.dry_run,
-                    args.table_only)
+                    args.table_only, wait=not args.no_wait)
     if not args.dry_run:
         print((out / "table.md").read_text().rstrip())
         print(f"wrote {out}/: {', '.join(_listing(out))}")

@@ -343,10 +343,11 @@ class RunLock:
             self.path.unlink(missing_ok=True)
 
 
-def run_all(runs: list[Run], scale: str, root: Path, data_dir: str | None, device: str) -> None:
+def run_all(runs: list[Run], scale: str, root: Path, data_dir: str | None, device: str, wait: bool = True) -> None:
     """Make every run not finished yet, in order, each once across processes: a run another
     process holds, or one whose inputs another process is still making, is passed over and
-    taken up again later; with nothing else to do, wait for the other process."""
+    taken up again later; with nothing else to do, wait for the other process (``wait=False``:
+    return, leaving those runs to it -- for a chain of commands whose next one has work)."""
     pending, number = list(runs), {r.name: i + 1 for i, r in enumerate(runs)}
     by_name = {r.name: r for r in runs}
     while pending:
@@ -385,6 +386,9 @@ def run_all(runs: list[Run], scale: str, root: Path, data_dir: str | None, devic
                 missing = [p for p in _inputs(run, root) if not p.is_file()][0]
                 raise ConfigError(f"{run.name} needs {missing}, which no run of the experiment made; check "
                                   f"the earlier runs' logs")
+            if not wait:
+                log.info("left to other processes: %s", ", ".join(r.name for r in waiting))
+                return
             log.info("waiting for other processes: %s (a claim nobody refreshes for %.0f min is taken over)",
                      ", ".join(held), RunLock.STALE_SECONDS / 60)
             time.sleep(POLL_SECONDS)
@@ -684,7 +688,7 @@ def _plot(frame: pd.DataFrame, order: list[str], path: Path, title: str, highlig
 
 
 def reproduce(experiment: str | list[str], scale: str, seeds: list[int], root: str | Path, data_dir: str | None = None,
-              device: str = "auto", dry_run: bool = False, table_only: bool = False) -> Path:
+              device: str = "auto", dry_run: bool = False, table_only: bool = False, wait: bool = True) -> Path:
     """Run what is left of ``experiment`` (a name, or several in order) at ``scale`` under
     ``root/scale`` and write its table (``table_only``: write it from the runs finished so far,
     running nothing)."""
@@ -701,7 +705,7 @@ def reproduce(experiment: str | list[str], scale: str, seeds: list[int], root: s
         print(f"{sum(r['state'] != 'done' for r in rows)} of {len(rows)} runs left, about {left / 3600:.1f} {unit}")
         return root
     if not table_only:
-        run_all(exp.runs, scale, root, data_dir, device)
+        run_all(exp.runs, scale, root, data_dir, device, wait)
     out = _write_table(exp, root, root / output_name(experiment))
     save_csv(pd.DataFrame(estimate(exp.runs, scale, root)[0]), out / "plan.csv")
     return out

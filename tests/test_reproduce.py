@@ -81,11 +81,16 @@ def test_a_process_waits_for_a_run_another_one_holds_and_names_a_missing_input(t
     from bionas.reproduce import Run, run_all
 
     monkeypatch.setattr(reproduce, "POLL_SECONDS", 0.2)
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.0)"])
-    reaper = threading.Thread(target=other.wait)
-    reaper.start()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(2.0)"])
     (tmp_path / ".locks").mkdir()
     (tmp_path / ".locks" / "random_cell_s0").write_text(f"{socket.gethostname()} {other.pid}")
+    with caplog.at_level(logging.INFO, logger="bionas.reproduce"):  # --no-wait: leave it to the holder
+        run_all([Run("random_cell_s0", "random_cell", {"seed": 0})], "smoke", tmp_path, None, "cpu", wait=False)
+    assert caplog.records[-1].getMessage() == "left to other processes: random_cell_s0"
+    assert not (tmp_path / "random_cell_s0").exists() and other.poll() is None  # returned while it lived
+    caplog.clear()
+    reaper = threading.Thread(target=other.wait)
+    reaper.start()
     with caplog.at_level(logging.INFO, logger="bionas.reproduce"):
         run_all([Run("random_cell_s0", "random_cell", {"seed": 0})], "smoke", tmp_path, None, "cpu")
     reaper.join()
