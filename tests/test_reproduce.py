@@ -101,6 +101,38 @@ def test_a_process_waits_for_a_run_another_one_holds_and_names_a_missing_input(t
         run_all([Run("train_x", "train", {"genotype": "@nothing/genotype.json"})], "smoke", tmp_path, None, "cpu")
 
 
+def test_a_run_waits_for_its_input_runs_to_finish_not_for_their_files_to_appear(tmp_path, monkeypatch, caplog):
+    """A training in progress already has a checkpoint (of its last epoch): an attack reading it
+    must wait for the training to finish."""
+    import logging
+    import socket
+    import subprocess
+    import sys
+
+    import bionas.reproduce as reproduce
+    from bionas.reproduce import Run, run_all
+
+    started = []
+    monkeypatch.setattr(reproduce, "execute", lambda run, *args: started.append(run.name))
+    train = Run("train_x", "train", {"model": "resnet20"})
+    attack = Run("attack_x", "attack", {"checkpoints": ["@train_x/checkpoint.pt"]})
+    (tmp_path / "train_x").mkdir()
+    (tmp_path / "train_x" / "checkpoint.pt").write_bytes(b"epoch 3 of 10")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (tmp_path / ".locks").mkdir()
+        (tmp_path / ".locks" / "train_x").write_text(f"{socket.gethostname()} {other.pid}")
+        with caplog.at_level(logging.INFO, logger="bionas.reproduce"):
+            run_all([train, attack], "smoke", tmp_path, None, "cpu", wait=False)
+    finally:
+        other.kill()
+        other.wait()
+    assert started == []
+    assert caplog.records[-1].getMessage() == "left to other processes: train_x, attack_x"
+    (tmp_path / "train_x" / "results.json").write_text("{}")  # finished: now the attack runs
+    run_all([train, attack], "smoke", tmp_path, None, "cpu")
+    assert started == ["attack_x"]
+
 def test_a_finished_run_whose_checkpoint_is_gone_is_made_again_for_the_run_that_reads_it(
         cifar10_root, tmp_path, monkeypatch, caplog):
     """A fresh clone holds finished trainings without their checkpoints (not in git): an attack that
