@@ -166,6 +166,7 @@ class DynamicsRecorder:
         self.initial: dict[str, Tensor] = {name: m.weight.detach().cpu().clone() for name, m, rule in self.layers
                                            if isinstance(m, rules.RuleLayer) and m.rule.kind == "local"}
         self.epoch = 1  # the epoch the coming steps belong to (1-based)
+        self.appending = False  # False until the first flush of a fresh run, or after resume()
         self._exact: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None
         self._captured: dict[str, Tensor] = {}
 
@@ -266,9 +267,14 @@ class DynamicsRecorder:
         self._weight_statistics(epoch, step)
 
     def flush(self, out: Path) -> None:
-        """Append the rows gathered since the last flush to the run folder's CSVs."""
+        """Append the rows gathered since the last flush to the run folder's CSVs. A fresh run's
+        first flush removes the series a run killed before its first checkpoint (or a finished
+        run being made again) left in the folder, so that it never continues someone else's."""
         if self.write:
             out = Path(out)
+            if not self.appending:
+                for name in (DYNAMICS_CSV, HISTOGRAMS_CSV, INITIAL_WEIGHTS):
+                    (out / name).unlink(missing_ok=True)
             if self.initial and not (out / INITIAL_WEIGHTS).exists():
                 from bionas.io import atomic_open
 
@@ -279,6 +285,7 @@ class DynamicsRecorder:
                     path = out / name
                     pd.DataFrame(rows).to_csv(path, mode="a", header=not path.exists(), index=False)
         self.rows, self.histograms = [], []
+        self.appending = True
 
     def resume(self, out: Path, epoch: int) -> None:
         """Continue the series of a run resumed after epoch ``epoch``: rows of later epochs
@@ -289,6 +296,7 @@ class DynamicsRecorder:
         if (out / INITIAL_WEIGHTS).exists():
             self.initial = torch.load(out / INITIAL_WEIGHTS)
         self.epoch = epoch + 1
+        self.appending = True
         if not self.write:
             return
         for name in (DYNAMICS_CSV, HISTOGRAMS_CSV):

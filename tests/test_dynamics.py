@@ -158,6 +158,16 @@ def test_recording_leaves_training_bitwise_unchanged_and_resume_continues_the_se
     resumed = pd.read_csv(twin / "dynamics.csv")
     pd.testing.assert_frame_equal(resumed, full)
 
+    # a fresh run in a folder holding another run's series (killed before its first checkpoint,
+    # or a finished run made again) starts them anew
+    again = tmp_path / "again"
+    again.mkdir()
+    for name in ("dynamics.csv", "weight_histograms.csv"):
+        (again / name).write_bytes((tmp_path / "recorded" / name).read_bytes())
+    _train(again, cifar10_root, dynamics=True)
+    for name in ("dynamics.csv", "weight_histograms.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(again / name), pd.read_csv(tmp_path / "recorded" / name))
+
 
 def test_analyze_draws_the_figures_and_a_summary_from_recorded_runs(cifar10_root, tmp_path):
     from bionas.cli import main
