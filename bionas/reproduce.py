@@ -620,10 +620,16 @@ def _robustness_table(runs: list[Run], root: Path, out: Path) -> str:
 
     names = {r.name: r.labels["variant"] for r in runs if r.command == "train"}
     names = {k: ("BioNAS-DARTS" if v == "mixed" else v) for k, v in names.items()}
-    frames = [pd.read_csv(root / r.name / "results.csv").assign(seed=r.labels["seed"])
-              for r in runs if r.command == "attack" and r.finished(root)]
+    from bionas.attack.run import PARTIAL
+
+    frames, unfinished = [], []
+    for r in (r for r in runs if r.command == "attack"):
+        path = root / r.name / ("results.csv" if r.finished(root) else PARTIAL)
+        if path.is_file():  # an unfinished run's rows so far (each written as it completed)
+            frames.append(pd.read_csv(path).assign(seed=r.labels["seed"]))
+            unfinished += [] if r.finished(root) else [r.name]
     if not frames:
-        return "no finished attack runs yet\n"
+        return "no attack rows yet\n"
     frame = pd.concat(frames, ignore_index=True)
     frame["model"] = frame["model"].map(lambda m: names.get(m, m))
     save_csv(frame, out / "runs.csv")
@@ -645,6 +651,9 @@ def _robustness_table(runs: list[Run], root: Path, out: Path) -> str:
               f"{frame['seed'].nunique()} seed(s); white-box cells of models with non-bp rules read "
               "`exact / rule` (attacked through the true gradient / through the models' own rules). The "
               "transfer examples are crafted by PGD on a ResNet-20 trained by backprop (same seed)."]
+    if unfinished:
+        lines += ["", f"Unfinished, its rows so far: {', '.join(unfinished)} (a cell without a number: not "
+                  "attacked yet)."]
     return "\n".join(lines) + "\n"
 
 

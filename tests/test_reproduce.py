@@ -399,3 +399,15 @@ def test_search_summary_measures_how_far_mixing_weights_left_uniform():
     h2 = -(0.7 * math.log(0.7) + 3 * 0.1 * math.log(0.1)) / math.log(4)
     assert summary.edge_entropies(weights) == pytest.approx([1.0, h2])
     assert summary.top_over_uniform(weights) == pytest.approx([1.0, 2.8])
+
+
+def test_robustness_table_shows_an_unfinished_attacks_rows_so_far(tmp_path):
+    exp = plan("robustness", "mini", [0])
+    assert exp.aggregate(exp.runs, tmp_path, tmp_path / "out") == "no attack rows yet\n"
+    (tmp_path / "attack_s0").mkdir()
+    pd.DataFrame({"model": ["train_s0_resnet56_fa"] * 3, "attack": ["Clean", "OP1", "OP1"],
+                  "gradient": ["none"] * 3, "robust_acc": [0.18, 0.17, 0.17], "n_images": [100] * 3}
+                 ).iloc[:2].to_csv(tmp_path / "attack_s0" / "partial_results.csv", index=False)
+    table = exp.aggregate(exp.runs, tmp_path, tmp_path / "out")
+    assert "| Clean | 18.0 (65.8) |" in table and "| OP1 | 17.0 (47.8) |" in table
+    assert "Unfinished, its rows so far: attack_s0" in table
