@@ -277,11 +277,16 @@ def _inputs(run: Run, root: Path) -> list[Path]:
     return [root / v[1:] for v in values if isinstance(v, str) and v.startswith("@")]
 
 
+def _producer(path: Path, by_name: dict[str, Run], root: Path) -> Run | None:
+    """The run of the plan whose folder holds ``path`` (an ``@RUN/FILE`` input), if any."""
+    return by_name.get(path.relative_to(root).parts[0])
+
+
 def _unready(run: Run, by_name: dict[str, Run], root: Path) -> list[Path]:
     """The inputs of ``run`` not ready yet: missing, or written by a run of the plan that has not
     finished -- a training in progress already has a ``checkpoint.pt``, of its last epoch."""
     def ready(path: Path) -> bool:
-        producer = by_name.get(path.relative_to(root).parts[0])
+        producer = _producer(path, by_name, root)
         return path.is_file() and (producer is None or producer.finished(root))
 
     return [p for p in _inputs(run, root) if not ready(p)]
@@ -413,7 +418,7 @@ def _lost_inputs(run: Run, by_name: dict[str, Run], root: Path) -> list[Run]:
     finished training's results but not the weights an attack needs."""
     lost = []
     for path in _inputs(run, root):
-        producer = by_name.get(path.relative_to(root).parts[0])
+        producer = _producer(path, by_name, root)
         if not path.is_file() and producer is not None and producer.finished(root) and producer not in lost:
             lost.append(producer)
     return lost
