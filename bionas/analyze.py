@@ -6,7 +6,8 @@ Reads the ``dynamics.csv`` and ``weight_histograms.csv`` that :mod:`bionas.dynam
 * ``gradient_variance.png`` -- the BioNAS paper's Figure 3 layout: the gradient variance per
   weight of the whole model (``(all)`` rows) against the training step, one line per run (e.g.
   a searched cell with its mixed rules and the same cell with each single rule), and beside it
-  the noise ratio ``tr(Sigma) / ||mean g||^2``;
+  the gradient's signal-to-noise ratio per mini-batch ``||E g||^2 / tr(Sigma)`` (see
+  :mod:`bionas.dynamics`; about 0 where a window does not resolve the gradient's mean);
 * ``weight_histograms.png`` -- Figures 4-6: per run, the weights pooled per rule at the last
   recorded histogram epoch, each with the Gaussian of the same mean and standard deviation and
   its kurtosis (3 for a Gaussian; "a little steeper than a Gaussian" reads as a kurtosis above 3);
@@ -15,8 +16,12 @@ Reads the ``dynamics.csv`` and ``weight_histograms.csv`` that :mod:`bionas.dynam
   coloured by rule, and the median per rule in bold (the feedback-alignment picture of
   Lillicrap et al. 2016); a second row shows the weight-update angle;
 * ``summary.csv`` -- one row per run and rule: the last window's and the mean gradient variance
-  per weight, the mean noise ratio, the median alignment angles over the last epoch, and the
-  final weight std and kurtosis.
+  per weight, the mean signal-to-noise ratio (and the mean plug-in noise ratio, biased by the
+  window's length), the median alignment angles over the last epoch, and the final weight std
+  and kurtosis.
+
+Runs recorded before ``grad_snr`` existed get it here, from their stored sums: a window's length
+``n`` follows exactly from ``grad_variance = n / (n - 1) * (grad_sq_norm - grad_mean_sq_norm)``.
 """
 from __future__ import annotations
 
@@ -50,6 +55,25 @@ def load_run(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return rows, hist
 
 
+def with_snr(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with ``grad_snr`` rows for every gradient window (those recorded, or else computed
+    from the window's stored sums; its length recovered from them, see the module's note)."""
+    from bionas.dynamics import snr
+
+    if (rows.metric == "grad_snr").any() or not (rows.metric == "grad_variance").any():
+        return rows
+    keys = ["step", "epoch", "layer", "rule"]
+    wide = rows[rows.metric.isin(["grad_variance", "grad_sq_norm", "grad_mean_sq_norm"])] \
+        .pivot_table(index=keys, columns="metric", values="value").reset_index()
+    whole = wide[wide.layer == "(all)"]
+    excess = whole["grad_variance"] / (whole["grad_sq_norm"] - whole["grad_mean_sq_norm"])  # n / (n - 1)
+    steps = dict(zip(zip(whole["step"], whole["epoch"]), (excess / (excess - 1)).round()))
+    wide["n"] = [steps.get((s, e), math.nan) for s, e in zip(wide["step"], wide["epoch"])]
+    wide["value"] = [snr(v, m, n) if n == n else math.nan
+                     for v, m, n in zip(wide["grad_variance"], wide["grad_mean_sq_norm"], wide["n"])]
+    return pd.concat([rows, wide[keys + ["value"]].assign(metric="grad_snr")], ignore_index=True)
+
+
 def _rule_style(rule: str) -> dict:
     """Matplotlib line keywords of a rule, from the rule registry (as the search plots draw it)."""
     from bionas.search.plots import rule_colour, rule_style
@@ -64,6 +88,7 @@ def summarise(label: str, rows: pd.DataFrame) -> list[dict]:
     for group, rule in [("(all)", "all")] + [(f"(rule) {r}", r) for r in sorted(set(rows["rule"]) - {"all"})]:
         grads = rows[(rows.layer == group) & (rows.metric == "grad_variance_per_weight")].sort_values("step")
         noise = rows[(rows.layer == group) & (rows.metric == "noise_ratio")]
+        signal = rows[(rows.layer == group) & (rows.metric == "grad_snr")]
         weights = rows[(rows.layer == group) & (rows.epoch == last_epoch)]
         per_layer = rows[(rows.rule == rule) & ~rows.layer.str.startswith("(") & (rows.epoch == last_epoch)] \
             if rule != "all" else rows[~rows.layer.str.startswith("(") & (rows.epoch == last_epoch)]
@@ -79,6 +104,7 @@ def summarise(label: str, rows: pd.DataFrame) -> list[dict]:
         out.append({"run": label, "rule": rule,
                     "grad_variance_per_weight_last": float(grads["value"].iloc[-1]) if len(grads) else math.nan,
                     "grad_variance_per_weight_mean": float(grads["value"].mean()) if len(grads) else math.nan,
+                    "grad_snr_mean": float(signal["value"].mean()) if len(signal) else math.nan,
                     "noise_ratio_mean": float(noise["value"].mean()) if len(noise) else math.nan,
                     "input_error_angle_median_last_epoch": median("input_error_angle"),
                     "update_angle_median_last_epoch": median("update_angle"),
@@ -97,7 +123,7 @@ def analyze(run_dirs: list[str | Path], out: str | Path, labels: list[str] | Non
     if labels is not None and len(labels) != len(run_dirs):
         raise ConfigError(f"--labels has {len(labels)} names for {len(run_dirs)} runs; give one per run")
     labels = labels or [Path(p).name for p in run_dirs]
-    runs = [(label, *load_run(p)) for label, p in zip(labels, run_dirs)]
+    runs = [(label, with_snr(rows), hist) for label, (rows, hist) in zip(labels, map(load_run, run_dirs))]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -105,12 +131,15 @@ def analyze(run_dirs: list[str | Path], out: str | Path, labels: list[str] | Non
     fig, (ax_var, ax_noise) = plt.subplots(1, 2, figsize=(11, 4))
     cmap = plt.get_cmap("tab10")
     for i, (label, rows, _) in enumerate(runs):
-        for ax, metric in ((ax_var, "grad_variance_per_weight"), (ax_noise, "noise_ratio")):
+        for ax, metric in ((ax_var, "grad_variance_per_weight"), (ax_noise, "grad_snr")):
             r = rows[(rows.layer == "(all)") & (rows.metric == metric)].sort_values("step")
             ax.plot(r["step"], r["value"], color=cmap(i % 10), label=label, lw=1.5)
     ax_var.set(yscale="log", xlabel="training step", ylabel="gradient variance per weight",
-               title="gradient variance across mini-batches (whole model)")
-    ax_noise.set(yscale="log", xlabel="training step", ylabel="tr(Sigma) / ||mean g||^2", title="noise ratio")
+               title="gradient variance, whole model")
+    ax_noise.axhline(0, color="grey", lw=0.6, ls="--")
+    ax_noise.set(xlabel="training step", ylabel="||E g||^2 / tr(Sigma)",
+                 title="gradient signal-to-noise per mini-batch")
+    ax_noise.set_yscale("symlog", linthresh=1e-3)
     ax_var.legend(fontsize=8)
     save_figure(fig, out / "gradient_variance.png")
     plt.close(fig)
@@ -165,4 +194,4 @@ def analyze(run_dirs: list[str | Path], out: str | Path, labels: list[str] | Non
     return out
 
 
-__all__ = ["analyze", "load_run", "summarise"]
+__all__ = ["analyze", "load_run", "summarise", "with_snr"]

@@ -13,11 +13,20 @@ name, ``(rule) NAME`` for the sum over the layers of a rule, or ``(all)`` for th
   - ``grad_variance``: ``tr(Sigma) = n / (n - 1) * (mean_t ||g_t||^2 - ||mean_t g_t||^2)``, the
     summed per-element variance of the gradient across the window's mini-batches;
   - ``grad_sq_norm``: ``mean_t ||g_t||^2``; ``grad_mean_sq_norm``: ``||mean_t g_t||^2``;
-  - ``noise_ratio``: ``tr(Sigma) / ||mean_t g_t||^2``, the "simple noise scale" ``B_simple`` of
-    McCandlish, Kaplan, Amodei et al. (2018), "An Empirical Model of Large-Batch Training",
-    section 2.2 (there with the true gradient's norm; here the window's mean, so it also
-    counts the drift of the gradient over the window's steps -- keep ``every`` short against
-    the learning-rate schedule);
+  - ``grad_snr``: the gradient's signal-to-noise ratio per mini-batch, ``||E g||^2 / tr(Sigma)``,
+    the reciprocal of the "simple noise scale" ``B_simple`` (per mini-batch) of McCandlish,
+    Kaplan, Amodei et al. (2018), "An Empirical Model of Large-Batch Training", section 2.2 and
+    appendix A. Its numerator is estimated without bias as ``||mean_t g_t||^2 - tr(Sigma) / n``
+    (``E ||mean_t g_t||^2 = ||E g||^2 + tr(Sigma) / n`` for ``n`` independent mini-batches), so
+    windows of different length (a full window and an epoch's rest) estimate the same number,
+    and a window in which the gradient's mean is not resolved reads about 0 (it may read below
+    0). The window's mean also counts the drift of the gradient over its steps -- keep
+    ``every`` short against the learning-rate schedule;
+  - ``noise_ratio``: ``tr(Sigma) / ||mean_t g_t||^2``, the plug-in noise scale. Its denominator
+    carries the bias ``tr(Sigma) / n``, so it cannot exceed about ``n``: where the signal is
+    small it measures the window's length, not the gradient (kept for comparison with older
+    runs; read ``grad_snr``);
+  - ``grad_window_steps``: the window's ``n`` (``(all)`` rows only);
   - ``grad_variance_per_weight``: ``tr(Sigma) / numel``, comparable across models of other sizes.
 
   The BioNAS paper (section 4.3, Figure 3) shows "gradient variance" without defining it; this
@@ -85,6 +94,14 @@ class DynamicsOptions:
                                             "and for the whole model)")
     dynamics_histogram_epochs: list[int] | None = option(None, "dynamics: epochs whose weight histograms are "
                                                          "written (0 = the start; null: the start and the end)")
+
+
+def snr(grad_variance: float, grad_mean_sq_norm: float, n: int) -> float:
+    """Signal-to-noise per mini-batch of a window of ``n`` gradients, ``||E g||^2 / tr(Sigma)``,
+    with the unbiased numerator ``||mean g||^2 - tr(Sigma) / n`` (NaN for a window without noise)."""
+    if not grad_variance > 0:
+        return math.nan
+    return (grad_mean_sq_norm - grad_variance / n) / grad_variance
 
 
 def moved_fraction(initial: Tensor, weight: Tensor, min_angle_deg: float = 1.0) -> float:
@@ -312,6 +329,7 @@ class DynamicsRecorder:
 
     def _close_window(self, step: int, epoch: int) -> None:
         stats = {k: v.cpu() for k, v in self.window.statistics().items()}
+        n = self.window.n
         numel = torch.tensor([float(m.weight.numel()) for _, m, _ in self.layers], dtype=torch.float64)
         groups = {"(all)": list(range(len(self.layers)))}
         for i, (_, _, rule) in enumerate(self.layers):
@@ -324,8 +342,10 @@ class DynamicsRecorder:
                                                                     "grad_mean_sq_norm"))
             for metric, value in (("grad_variance", var), ("grad_sq_norm", sq), ("grad_mean_sq_norm", mean_sq),
                                   ("noise_ratio", var / mean_sq if mean_sq > 0 else math.nan),
+                                  ("grad_snr", snr(var, mean_sq, n)),
                                   ("grad_variance_per_weight", var / float(numel[idx].sum()))):
                 self._row(step, epoch, metric, name, rule, value)
+        self._row(step, epoch, "grad_window_steps", "(all)", "all", n)
         self.window = self._new_window(self.window.sq.device)
 
     def _new_window(self, device: torch.device) -> GradientWindow:
@@ -360,5 +380,5 @@ class DynamicsRecorder:
 
 
 __all__ = ["DynamicsOptions", "DynamicsRecorder", "GradientWindow", "angle_degrees", "kurtosis", "moved_fraction",
-           "tracked_layers",
+           "snr", "tracked_layers",
            "DYNAMICS_CSV", "HISTOGRAMS_CSV"]

@@ -589,7 +589,7 @@ def _dynamics_table(runs: list[Run], root: Path, out: Path) -> str:
     save_csv(frame, out / "runs.csv")
     stats = [("grad_variance_per_weight_mean", "gradient variance per weight (mean over windows)", "{:.2e}"),
              ("grad_variance_per_weight_last", "gradient variance per weight (last window)", "{:.2e}"),
-             ("noise_ratio_mean", "gradient noise ratio", "{:.1f}"),
+             ("grad_snr_mean", "gradient signal-to-noise per batch (mean over windows)", "{:+.4f}"),
              ("update_angle_median_last_epoch", "update angle to backprop, last epoch (deg)", "{:.1f}"),
              ("weight_kurtosis_final", "weight kurtosis at the end", "{:.2f}")]
     lines = ["| variant | seeds | " + " | ".join(label for _, label, _ in stats) + " |",
@@ -600,9 +600,13 @@ def _dynamics_table(runs: list[Run], root: Path, out: Path) -> str:
         cells = []
         for column, _, fmt in stats:
             v = sub[column].dropna()
-            spread = f" +- {fmt.format(v.std())}" if len(v) > 1 else ""
+            spread = f" +- {fmt.replace('+', '').format(v.std())}" if len(v) > 1 else ""
             cells.append("-" if v.empty else fmt.format(v.mean()) + spread)
         lines.append(f"| {variant} | {len(sub)} | " + " | ".join(cells) + " |")
+    lines += ["", "Signal-to-noise per batch: ||E g||^2 / tr(Sigma) of the whole model's gradient, per window of "
+              "consecutive steps with the unbiased numerator ||mean g||^2 - tr(Sigma) / n; about 0 where a window "
+              "does not resolve the gradient's mean, below 0 where consecutive gradients cancel more than "
+              "independent draws would (an oscillating descent)."]
     lines += ["", "Mixed against each single rule, per seed: log10(variance mixed / variance single) "
               "(negative: mixed lower), over the whole run (mean over windows) and at its end (last window)", "",
               "| single rule | statistic | per seed | mean | mixed lower on every seed |", "|---|---|---|---:|---|"]

@@ -50,6 +50,59 @@ def test_recorded_gradient_variance_recovers_known_noise(tmp_path):
     assert ratio == pytest.approx(n_out * sigma ** 2 / (n_out * mu ** 2), rel=0.2)
 
 
+def _record_noise_stream(every: int, epoch_steps: int, epochs: int, n_out: int, sigma: float, mu: float):
+    """A layer whose gradient at each step is the batch's target xi ~ N(mu, sigma^2), recorded in
+    windows of ``every`` steps cut at epoch ends; returns the rows and the xi of every step."""
+    layer = nn.Linear(1, n_out, bias=False)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.0)
+    recorder = DynamicsRecorder(layer, every=every)
+    gen = torch.Generator().manual_seed(3)
+    xis, step = [], 0
+    for epoch in range(1, epochs + 1):
+        for _ in range(epoch_steps):
+            xi = torch.randn(1, n_out, generator=gen) * sigma + mu
+            xis.append(xi)
+            train_step(layer, optimizer, torch.ones(1, 1), xi, step, loss_fn=lambda out, y: (out * y).sum(),
+                       recorder=recorder)
+            step += 1
+        recorder.end_epoch(epoch, step)
+    rows = pd.DataFrame(recorder.rows)
+    return rows[rows.layer == "(all)"], torch.cat(xis).double().numpy()
+
+
+def test_signal_to_noise_is_unbiased_across_window_lengths_where_the_plug_in_ratio_is_not():
+    """Epochs of 50 steps in windows of 40: windows of 40 and of 10 steps alternate. The true
+    signal-to-noise per batch is mu^2 / sigma^2 = 0.09; grad_snr estimates it in both kinds of
+    window, while the plug-in noise ratio tr(Sigma) / ||mean g||^2 reads 1 / (0.09 + 1 / n): about
+    2x apart between the two (the zig-zag of a noise-ratio curve)."""
+    n_out, sigma, mu = 50, 1.0, 0.3
+    rows, xi = _record_noise_stream(every=40, epoch_steps=50, epochs=150, n_out=n_out, sigma=sigma, mu=mu)
+    n = rows[rows.metric == "grad_window_steps"].set_index("step")["value"]
+    assert sorted(set(n)) == [10, 40]
+    snr = rows[rows.metric == "grad_snr"].set_index("step")["value"]
+    ratio = rows[rows.metric == "noise_ratio"].set_index("step")["value"]
+    for length in (10, 40):
+        steps = n.index[n == length]
+        assert snr[steps].mean() == pytest.approx(mu ** 2 / sigma ** 2, abs=0.01)
+        assert ratio[steps].median() == pytest.approx(1 / (mu ** 2 / sigma ** 2 + 1 / length), rel=0.15)
+    # the first window (steps 0..39) against a hand computation from the stream itself
+    a = xi[:40]
+    var = a.var(axis=0, ddof=1).sum()
+    assert snr.iloc[0] == pytest.approx((((a.mean(axis=0)) ** 2).sum() - var / 40) / var, rel=1e-9)
+
+
+def test_signal_to_noise_of_runs_recorded_without_it_is_recovered_from_their_sums():
+    from bionas.analyze import with_snr
+
+    rows, _ = _record_noise_stream(every=8, epoch_steps=20, epochs=3, n_out=6, sigma=1.0, mu=0.5)
+    recorded = rows[rows.metric == "grad_snr"].set_index("step")["value"]
+    legacy = rows[~rows.metric.isin(["grad_snr", "grad_window_steps"])]
+    rebuilt = with_snr(legacy)
+    got = rebuilt[(rebuilt.metric == "grad_snr") & (rebuilt.layer == "(all)")].set_index("step")["value"]
+    assert len(got) == len(recorded) == 9
+    assert np.allclose(got.sort_index().to_numpy(), recorded.sort_index().to_numpy(), rtol=1e-9)
+
+
 def test_kurtosis_of_a_gaussian_is_three_and_of_a_uniform_nine_fifths():
     gen = torch.Generator().manual_seed(2)
     assert kurtosis(torch.randn(200_000, generator=gen)) == pytest.approx(3.0, abs=0.05)

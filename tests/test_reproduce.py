@@ -226,7 +226,7 @@ def test_dynamics_table_pairs_mixed_with_each_rule_over_the_run_and_at_its_end(t
         seed = int(Path(out).name.split("_")[1])
         out.mkdir(parents=True)
         pd.DataFrame([{"run": v, "rule": "all", "grad_variance_per_weight_mean": variance[seed][v][0],
-                       "grad_variance_per_weight_last": variance[seed][v][1], "noise_ratio_mean": 1.0,
+                       "grad_variance_per_weight_last": variance[seed][v][1], "grad_snr_mean": 0.01,
                        "update_angle_median_last_epoch": 0.0, "weight_kurtosis_final": 3.0} for v in labels]
                      ).to_csv(out / "summary.csv", index=False)
         return out
@@ -239,7 +239,7 @@ def test_dynamics_table_pairs_mixed_with_each_rule_over_the_run_and_at_its_end(t
             (tmp_path / f"train_s{seed}_{v}" / "dynamics.csv").write_text("step\n")
     table = exp.aggregate(exp.runs, tmp_path, tmp_path / "out")
     # last window: mixed 1e-6 and 2e-6, mean 1.5e-6, sd 7.07e-7
-    assert "| mixed | 2 | 3.00e-05 +- 1.41e-05 | 1.50e-06 +- 7.07e-07 |" in table
+    assert "| mixed | 2 | 3.00e-05 +- 1.41e-05 | 1.50e-06 +- 7.07e-07 | +0.0100 +- 0.0000 |" in table
     # log10(2e-5 / 1e-5) = +0.30, log10(4e-5 / 4e-5) = 0; log10(1e-6 / 1e-5) = -1, log10(2e-6 / 1e-6) = +0.30
     assert "| bp | mean over windows | +0.30, +0.00 | +0.15 | no |" in table
     assert "| bp | last window | -1.00, +0.30 | -0.35 | no |" in table
