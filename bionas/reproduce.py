@@ -277,6 +277,19 @@ def _inputs(run: Run, root: Path) -> list[Path]:
     return [root / v[1:] for v in values if isinstance(v, str) and v.startswith("@")]
 
 
+def _needed_inputs(run: Run, root: Path) -> list[Path]:
+    """The inputs ``run`` still reads: all of them, except for an unfinished attack, which reads
+    only the checkpoints of models with rows still to compute (and the transfer source while a
+    transfer row is missing) -- a resumed attack needs no weights of models it has finished."""
+    paths = _inputs(run, root)
+    if run.command != "attack":
+        return paths
+    from bionas.attack.run import checkpoints_done
+
+    done = checkpoints_done(root / run.name)
+    return [p for p in paths if p.resolve() not in done]
+
+
 def _producer(path: Path, by_name: dict[str, Run], root: Path) -> Run | None:
     """The run of the plan whose folder holds ``path`` (an ``@RUN/FILE`` input), if any."""
     return by_name.get(path.relative_to(root).parts[0])
@@ -289,7 +302,7 @@ def _unready(run: Run, by_name: dict[str, Run], root: Path) -> list[Path]:
         producer = _producer(path, by_name, root)
         return path.is_file() and (producer is None or producer.finished(root))
 
-    return [p for p in _inputs(run, root) if not ready(p)]
+    return [p for p in _needed_inputs(run, root) if not ready(p)]
 
 
 class RunLock:
@@ -417,7 +430,7 @@ def _lost_inputs(run: Run, by_name: dict[str, Run], root: Path) -> list[Run]:
     beside a run's results on the machine that made it, not in git, so a fresh clone has a
     finished training's results but not the weights an attack needs."""
     lost = []
-    for path in _inputs(run, root):
+    for path in _needed_inputs(run, root):
         producer = _producer(path, by_name, root)
         if not path.is_file() and producer is not None and producer.finished(root) and producer not in lost:
             lost.append(producer)

@@ -248,3 +248,46 @@ def test_an_interrupted_attack_run_resumes_to_the_uninterrupted_results(checkpoi
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "cut" / "results.csv")[columns],
                                   pd.read_csv(tmp_path / "whole" / "results.csv")[columns])
     assert len(resumed) == len(whole) and not (tmp_path / "cut" / "partial_results.csv").exists()
+
+
+def test_a_resumed_attack_reads_no_checkpoint_of_a_model_it_has_finished(checkpoints, tmp_path, monkeypatch):
+    """Checkpoints are not kept with results: a resumed run loads only the models with rows still
+    to compute (and the transfer source while a transfer row is missing), so a finished model's
+    weights may be gone; the rows are those of an uninterrupted run."""
+    import shutil
+
+    import bionas.attack.run as attack_run
+    from bionas.attack.config import AttackConfig
+    from bionas.attack.run import checkpoints_done, outstanding
+
+    for name, rule in (("first", "bp"), ("second", "fa"), ("source", "bp")):
+        shutil.copytree(checkpoints[rule], tmp_path / name)
+    copies = {"bp": tmp_path / "first", "fa": tmp_path / "second"}
+    options = {"attacks": ["fgsm", "transfer"], "source": str(tmp_path / "source")}
+    whole = run_attack(small_suite(copies, tmp_path / "whole", **options)).results
+    real_craft, calls = attack_run.craft, []
+
+    def craft_then_stop(*args, **kwargs):  # 1: the transfer source's PGD, 2: FGSM on first, 3: on second
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_craft(*args, **kwargs)
+
+    monkeypatch.setattr(attack_run, "craft", craft_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_attack(small_suite(copies, tmp_path / "cut", **options))
+    monkeypatch.setattr(attack_run, "craft", real_craft)
+    kept = pd.read_csv(tmp_path / "cut" / "partial_results.csv")
+    assert list(kept["model"]) == ["first"] * 3 + ["second"]  # Clean, FGSM, Transfer; Clean
+    # first is finished: its weights are not needed; the source is, for second's transfer row
+    assert checkpoints_done(tmp_path / "cut") == {(tmp_path / "first" / "checkpoint.pt").resolve()}
+    shutil.rmtree(tmp_path / "first")
+    run_attack(AttackConfig(out=str(tmp_path / "cut"), progress=False), resume=True)
+    columns = [c for c in whole.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "cut" / "results.csv")[columns],
+                                  pd.read_csv(tmp_path / "whole" / "results.csv")[columns])
+    # every row done: nothing left, the source included
+    models = json.loads((tmp_path / "cut" / "run_info.json").read_text())["models"]
+    config = small_suite(copies, tmp_path / "x", **options)
+    assert outstanding(config, models, whole.to_dict("records")) == ([], False)
+    assert outstanding(config, models, kept.to_dict("records")) == ([str(tmp_path / "second")], True)

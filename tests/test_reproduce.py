@@ -180,6 +180,27 @@ def test_a_finished_run_whose_checkpoint_is_gone_is_made_again_for_the_run_that_
     assert len(warning) == 1 and f"test_acc 0.999 -> {first['test_acc']}" in warning[0]
     assert json.loads((tmp_path / "train_x" / "results.previous.json").read_text())["test_acc"] == 0.999
 
+def test_a_resumed_attack_needs_only_the_checkpoints_of_models_with_rows_left(tmp_path):
+    """An attack killed after finishing model a: a's training has lost its checkpoint (a fresh
+    clone) but is not made again; b's, also gone, is -- and --dry-run says so."""
+    from bionas.reproduce import Run, estimate
+
+    runs = [Run(f"train_{m}", "train", {"model": "resnet20", "rule": "bp", "seed": 0}) for m in "ab"]
+    attack = Run("attack_x", "attack", {"checkpoints": ["@train_a/checkpoint.pt", "@train_b/checkpoint.pt"]})
+    for m in "ab":
+        _fake_training(tmp_path, f"train_{m}", 0.5)
+    out = tmp_path / "attack_x"
+    out.mkdir()
+    (out / "config.yaml").write_text(f"checkpoints: [{tmp_path}/train_a/checkpoint.pt, {tmp_path}/train_b]\n"
+                                     "attacks: [fgsm]\nsource: null\n")
+    (out / "run_info.json").write_text(json.dumps({"models": {m: {"gradients": ["exact"]}
+                                                              for m in ("train_a", "train_b")}}))
+    pd.DataFrame([{"model": "train_a", "attack": a, "gradient": g} for a, g in (("Clean", "none"), ("FGSM", "exact"))]
+                 + [{"model": "train_b", "attack": "Clean", "gradient": "none"}]).to_csv(out / "partial_results.csv")
+    states = {r["run"]: r["state"] for r in estimate([*runs, attack], "smoke", tmp_path)[0]}
+    assert states == {"train_a": "done", "train_b": "to remake", "attack_x": "resumable"}
+
+
 def test_every_experiment_plans_its_rows_and_shares_runs():
     names = {e: [r.name for r in plan(e, "mini", [0, 1, 2]).runs] for e in ("table1", "dynamics", "robustness")}
     assert len(names["table1"]) == len(set(names["table1"])) == 3 * 17

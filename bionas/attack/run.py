@@ -14,7 +14,9 @@ images -- and the run writes, atomically, to ``config.out``:
 * while running, ``partial_results.csv``: every (model, attack, gradient mode) row as it
   completes (removed at the end). ``--resume`` continues an interrupted run from it with the
   saved config, skipping the rows it holds: each attack runs in its own isolated random state,
-  so the resumed rows are the ones an uninterrupted run computes.
+  so the resumed rows are the ones an uninterrupted run computes. It loads only the checkpoints
+  of models with rows still to compute (and the transfer source while a transfer row is
+  missing), so a finished model's weights need not be kept.
 
 Gradient modes: ``exact`` differentiates the true network (``bionas.rules.exact_gradients``),
 ``rule`` each layer's learning rule; ``auto`` runs both for models with a non-bp rule and
@@ -84,6 +86,13 @@ def checkpoint_path(text: str) -> Path:
     if not path.is_file():
         raise ConfigError(f"checkpoint {text} not found: give a bionas train checkpoint.pt or its run directory")
     return path
+
+
+def checkpoint_file(text: str) -> Path:
+    """The file ``text`` names as a checkpoint (a file, or a run directory's ``checkpoint.pt``),
+    whether or not it exists."""
+    path = Path(text)
+    return path if path.is_file() or path.suffix in (".pt", ".pth") else path / "checkpoint.pt"
 
 
 def load_target(text: str, device: torch.device) -> Target:
@@ -172,6 +181,58 @@ def transfer_examples(config: AttackConfig, x: torch.Tensor, y: torch.Tensor, de
 PARTIAL = "partial_results.csv"
 
 
+def expected_rows(config: AttackConfig, gradients: list[str], is_source: bool) -> set[tuple[str, str]]:
+    """The (attack, gradient mode) rows a run computes for a model whose rules call for
+    ``gradients``; ``is_source``: the model is the transfer source (no transfer row)."""
+    rows = {("Clean", "none")}
+    for v in variants(config):
+        if v.kind == "transfer":
+            if config.source and not is_source:
+                rows.add((v.label, "source-exact"))
+        else:
+            rows |= {(v.label, g) for g in (gradients if v.kind == "white" else ["none"])}
+    return rows
+
+
+def outstanding(config: AttackConfig, models: dict[str, dict], done: list[dict]) -> tuple[list[str], bool]:
+    """Of an unfinished run: the checkpoints (as ``config`` names them) with rows still to compute,
+    and whether the transfer source is still needed. ``models`` is ``run_info.json``'s record
+    of the run's models in checkpoint order (name, gradient modes); ``done`` the rows so far."""
+    if len(models) != len(config.checkpoints):  # two checkpoints of one name: no record to go by
+        return list(config.checkpoints), bool(config.source)
+    finished = {(r["model"], r["attack"], r["gradient"]) for r in done}
+    source = checkpoint_file(config.source).resolve() if config.source else None
+    todo, transfer = [], False
+    for text, (name, info) in zip(config.checkpoints, models.items()):
+        is_source = checkpoint_file(text).resolve() == source
+        missing = {(name, *row) for row in expected_rows(config, info["gradients"], is_source)} - finished
+        if missing:
+            todo.append(text)
+            transfer |= any(gradient == "source-exact" for _, _, gradient in missing)
+    return todo, transfer
+
+
+def checkpoints_done(out: str | Path) -> set[Path]:
+    """The checkpoint files (resolved) the unfinished attack run in ``out`` no longer reads: those
+    of models with every row computed, and the transfer source once no transfer row is missing
+    (unless it is also a model still to attack). Empty when the run has not recorded its models."""
+    from bionas.configs import load_yaml_mapping
+    from bionas.configs.options import apply_options
+
+    out = Path(out)
+    if not ((out / "config.yaml").is_file() and (out / "run_info.json").is_file()):
+        return set()
+    config = apply_options(AttackConfig(), load_yaml_mapping(out / "config.yaml", "attack config"),
+                           str(out / "config.yaml"), "attack")
+    done = pd.read_csv(out / PARTIAL, keep_default_na=False).to_dict("records") if (out / PARTIAL).is_file() else []
+    todo, transfer = outstanding(config, json.loads((out / "run_info.json").read_text())["models"], done)
+    still = {checkpoint_file(t).resolve() for t in todo}
+    files = {checkpoint_file(t).resolve() for t in config.checkpoints} - still
+    if config.source and not transfer and checkpoint_file(config.source).resolve() not in still:
+        files.add(checkpoint_file(config.source).resolve())
+    return files
+
+
 def _resumed(config: AttackConfig, out: Path, overrides: dict | None) -> tuple[AttackConfig, list[dict]]:
     """The saved config of the unfinished run in ``out`` and the rows it finished."""
     from bionas.configs import load_yaml_mapping
@@ -206,21 +267,31 @@ def run_attack(config: AttackConfig, resume: bool = False, overrides: dict | Non
             raise ConfigError(f"{out} already holds an attack run ({', '.join(found)}); choose another --out, or "
                               f"pass --resume to continue it if it is unfinished")
     device = resolve_device(config.device)
-    targets = [load_target(c, device) for c in config.checkpoints]
+    chosen = variants(config)
+    if any(v.kind == "transfer" for v in chosen) and not config.source:
+        log.warning("the transfer attack needs --source CHECKPOINT; skipping it")
+        chosen = [v for v in chosen if v.kind != "transfer"]
+    names, todo, need_source = None, config.checkpoints, bool(config.source)
+    if resume and (out / "run_info.json").is_file():  # load only the models with rows still to compute
+        models = json.loads((out / "run_info.json").read_text())["models"]
+        todo, need_source = outstanding(config, models, done)
+        names = list(models) if len(models) == len(config.checkpoints) else None
+        if len(todo) < len(config.checkpoints):
+            log.info("%d of %d model(s) have every row already: their checkpoints are not read",
+                     len(config.checkpoints) - len(todo), len(config.checkpoints))
+    targets = [load_target(c, device) for c in todo]
+    names = names or [t.name for t in targets]
     datasets = {t.name: t.trained.data.name for t in targets}
-    if config.source:
+    if config.source and need_source:
         source_data = load_trained(checkpoint_path(config.source)).data.name
         datasets[f"source {config.source}"] = source_data
     if len(set(datasets.values())) > 1:
         raise ConfigError("checkpoints of different datasets cannot share one attack run: "
                           + ", ".join(f"{k} on {v}" for k, v in datasets.items()) + "; attack them separately")
-    x, y = test_images(targets[0], config, device)
-    chosen = variants(config)
-    if any(v.kind == "transfer" for v in chosen) and not config.source:
-        log.warning("the transfer attack needs --source CHECKPOINT; skipping it")
-        chosen = [v for v in chosen if v.kind != "transfer"]
-    log.info("attacking %d model(s) on %d %s test images: %s", len(targets), len(x), targets[0].trained.data.name,
-             ", ".join(v.label for v in chosen))
+    x, y = test_images(targets[0], config, device) if targets else (torch.empty(0), torch.empty(0))
+    if targets:
+        log.info("attacking %d model(s) on %d %s test images: %s", len(targets), len(x),
+                 targets[0].trained.data.name, ", ".join(v.label for v in chosen))
     if not resume:  # every input checked: record the run before the first attack
         with atomic_open(out / "config.yaml") as fh:
             yaml.safe_dump(config.to_dict(), fh, sort_keys=False)
@@ -238,7 +309,7 @@ def run_attack(config: AttackConfig, resume: bool = False, overrides: dict | Non
         save_csv(pd.DataFrame(rows), out / PARTIAL)
 
     transfer_x = None
-    source_path = checkpoint_path(config.source).resolve() if config.source else None
+    source_path = checkpoint_file(config.source).resolve() if config.source else None
     if any(v.kind == "transfer" for v in chosen) and any((t.name, v.label, "source-exact") not in finished
                                                          for t in targets for v in chosen if v.kind == "transfer"
                                                          if t.path.resolve() != source_path):
@@ -287,7 +358,7 @@ def run_attack(config: AttackConfig, resume: bool = False, overrides: dict | Non
                          variant.label, gradient or "no", rows[-1]["robust_acc"], base["clean_acc"], seconds)
         bar.close()
 
-    results = _in_run_order(pd.DataFrame(rows), targets)
+    results = _in_run_order(pd.DataFrame(rows), names)
     warnings = masking_warnings(results)
     for w in warnings:
         log.warning(w)
@@ -300,10 +371,10 @@ def run_attack(config: AttackConfig, resume: bool = False, overrides: dict | Non
     return AttackResult(results, warnings, out)
 
 
-def _in_run_order(results: pd.DataFrame, targets: list[Target]) -> pd.DataFrame:
+def _in_run_order(results: pd.DataFrame, names: list[str]) -> pd.DataFrame:
     """Rows grouped by model in the order of the checkpoints (a resumed run appends its rows
     after those it kept), each model's rows in the order they were computed."""
-    order = {t.name: i for i, t in enumerate(targets)}
+    order = {name: i for i, name in enumerate(names)}
     return results.sort_values("model", key=lambda m: m.map(order), kind="stable").reset_index(drop=True)
 
 
