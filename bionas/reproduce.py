@@ -242,15 +242,38 @@ def output_name(experiments: str | list[str]) -> str:
     return "+".join(names)
 
 
+def spent_seconds(run: Run, root: Path) -> float:
+    """The seconds a run has measured for its own work so far (one process each, so on a CPU
+    with one thread per job, core-seconds): a training's epochs (``train_seconds``), a search's
+    epochs (``search_log.csv``), an attack's rows (finished or so far); 0 for what has none."""
+    folder = root / run.name
+    try:
+        if run.command == "train" and (folder / "results.json").is_file():
+            return float(json.loads((folder / "results.json").read_text()).get("train_seconds") or 0.0)
+        if run.command == "search" and (folder / "search_log.csv").is_file():
+            return float(pd.read_csv(folder / "search_log.csv")["seconds"].sum())
+        if run.command == "attack":
+            from bionas.attack.run import PARTIAL
+
+            for name in ("results.csv", PARTIAL):
+                if (folder / name).is_file():
+                    return float(pd.read_csv(folder / name)["seconds"].sum())
+    except (ValueError, KeyError, pd.errors.EmptyDataError) as err:
+        log.warning("%s: cannot read its timings (%s); counted as 0 s", run.name, err)
+    return 0.0
+
+
 def estimate(runs: list[Run], scale: str, root: Path) -> tuple[list[dict], float]:
     """Each run's state (done, to remake: finished but a file an unfinished run reads is gone,
-    resumable, to run) and estimated cost (seconds); the total for the runs left."""
+    resumable, to run), estimated cost and measured time so far (seconds); the total cost of
+    the runs left."""
     cost = SCALES[scale]["cost"]
     by_name = {r.name: r for r in runs}
     lost = {p.name for r in runs if not r.finished(root) for p in _lost_inputs(r, by_name, root)}
     rows = [{"run": r.name, "command": r.command, "state": "to remake" if r.name in lost else "done"
              if r.finished(root) else ("resumable" if r.resumable(root) else "to run"),
-             "estimate_s": cost.get(f"{r.command}/{r.kind}", cost.get(r.command, 1))} for r in runs]
+             "estimate_s": cost.get(f"{r.command}/{r.kind}", cost.get(r.command, 1)),
+             "spent_s": round(spent_seconds(r, root), 1)} for r in runs]
     return rows, sum(r["estimate_s"] for r in rows if r["state"] != "done")
 
 
@@ -746,6 +769,9 @@ def reproduce(experiment: str | list[str], scale: str, seeds: list[int], root: s
         unit = ("GPU-hours (one GPU)" if scale == "paper"
                 else "CPU core-hours (two jobs at once on 2 cores: half the wall time)")
         print(f"{sum(r['state'] != 'done' for r in rows)} of {len(rows)} runs left, about {left / 3600:.1f} {unit}")
+        spent = sum(r["spent_s"] for r in rows)
+        print(f"spent so far: {spent / 3600:.1f} {unit.split(' (')[0]}, the epochs and attack rows the run folders "
+              "record (a killed training's epochs are counted once it finishes)")
         return root
     if not table_only:
         run_all(exp.runs, scale, root, data_dir, device, wait)

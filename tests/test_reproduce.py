@@ -26,8 +26,19 @@ def test_dry_run_lists_runs_and_cost_and_bad_names_are_one_line(tmp_path, capsys
     assert main(["reproduce", "mixed_vs_single", "--scale", "mini", "--seeds", "0", "--root", str(tmp_path),
                  "--dry-run"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 11 and out[-1].startswith("10 of 10 runs left, about")
+    assert len(out) == 12 and out[-2].startswith("10 of 10 runs left, about")
+    assert out[-1].startswith("spent so far: 0.0 CPU core-hours")
     assert not any((tmp_path / "mini").iterdir()) if (tmp_path / "mini").exists() else True
+    # what the runs measured: a training's epochs (5400 s) and a search's (1800 + 1800 s)
+    (tmp_path / "mini" / "train_s0_bp").mkdir(parents=True)
+    (tmp_path / "mini" / "train_s0_bp" / "results.json").write_text(json.dumps({"train_seconds": 5400.0}))
+    (tmp_path / "mini" / "search_s0").mkdir()
+    pd.DataFrame({"epoch": [1, 2], "seconds": [1800.0, 1800.0]}).to_csv(tmp_path / "mini" / "search_s0" /
+                                                                        "search_log.csv", index=False)
+    assert main(["reproduce", "mixed_vs_single", "--scale", "mini", "--seeds", "0", "--root", str(tmp_path),
+                 "--dry-run"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-2].startswith("9 of 10 runs left") and out[-1].startswith("spent so far: 2.5 CPU core-hours")
     assert main(["reproduce", "table9", "--root", str(tmp_path)]) == 2
     assert "unknown experiment 'table9'" in capsys.readouterr().err
     assert main(["reproduce", "mixed_vs_single", "--scale", "huge", "--root", str(tmp_path)]) == 2
@@ -228,7 +239,7 @@ def test_several_experiments_from_the_cli_write_each_table_and_an_index(tmp_path
                  str(tmp_path), "--dry-run"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     # dynamics' 7 runs first, then the 3 that mixed_vs_single adds
-    assert " train_s0_frsf " in out[6] and " train_s0_random_rules " in out[7] and out[-1].startswith("10 of 10 runs")
+    assert " train_s0_frsf " in out[6] and " train_s0_random_rules " in out[7] and out[-2].startswith("10 of 10 runs")
     _fake_training(tmp_path / "mini", "train_s0_mixed", 0.5)
     assert main(["reproduce", "dynamics", "mixed_vs_single", "--scale", "mini", "--seeds", "0", "--root",
                  str(tmp_path), "--table-only"]) == 0
