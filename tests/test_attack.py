@@ -219,26 +219,33 @@ def test_bad_arguments_fail_with_one_line(checkpoints, tmp_path, capsys):
         resolve_config("quick", None, {"checkpoints": ["x"], "eps": 2.0})
 
 
-def test_an_interrupted_attack_run_resumes_to_the_uninterrupted_results(checkpoints, tmp_path, monkeypatch):
-    """Rows are written as they complete; --resume skips them and computes the rest, giving the
-    rows of a run that was never interrupted (timings aside)."""
+def interrupted_at_craft(config, calls_before_stop: int, monkeypatch) -> None:
+    """Run ``config``'s attack and stop it (as a kill would) when its ``calls_before_stop + 1``-th
+    crafting starts; the rows finished before stay in partial_results.csv."""
     import bionas.attack.run as attack_run
-    from bionas.attack.config import AttackConfig
 
-    options = {"attacks": ["fgsm", "pgd", "square"], "source": None}
-    whole = run_attack(small_suite(checkpoints, tmp_path / "whole", **options)).results
     real_craft, calls = attack_run.craft, []
 
     def craft_then_stop(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 4:
+        if len(calls) > calls_before_stop:
             raise KeyboardInterrupt
         return real_craft(*args, **kwargs)
 
-    monkeypatch.setattr(attack_run, "craft", craft_then_stop)
-    with pytest.raises(KeyboardInterrupt):
-        run_attack(small_suite(checkpoints, tmp_path / "cut", **options))
-    monkeypatch.setattr(attack_run, "craft", real_craft)
+    with monkeypatch.context() as patch:
+        patch.setattr(attack_run, "craft", craft_then_stop)
+        with pytest.raises(KeyboardInterrupt):
+            run_attack(config)
+
+
+def test_an_interrupted_attack_run_resumes_to_the_uninterrupted_results(checkpoints, tmp_path, monkeypatch):
+    """Rows are written as they complete; --resume skips them and computes the rest, giving the
+    rows of a run that was never interrupted (timings aside)."""
+    from bionas.attack.config import AttackConfig
+
+    options = {"attacks": ["fgsm", "pgd", "square"], "source": None}
+    whole = run_attack(small_suite(checkpoints, tmp_path / "whole", **options)).results
+    interrupted_at_craft(small_suite(checkpoints, tmp_path / "cut", **options), 3, monkeypatch)
     kept = pd.read_csv(tmp_path / "cut" / "partial_results.csv")
     assert len(kept) == 5 and not (tmp_path / "cut" / "results.csv").exists()  # Clean + 3 attack rows of bp, Clean of fa
     with pytest.raises(ConfigError, match="already holds an attack run"):
@@ -256,7 +263,6 @@ def test_a_resumed_attack_reads_no_checkpoint_of_a_model_it_has_finished(checkpo
     weights may be gone; the rows are those of an uninterrupted run."""
     import shutil
 
-    import bionas.attack.run as attack_run
     from bionas.attack.config import AttackConfig
     from bionas.attack.run import checkpoints_done, outstanding
 
@@ -265,18 +271,8 @@ def test_a_resumed_attack_reads_no_checkpoint_of_a_model_it_has_finished(checkpo
     copies = {"bp": tmp_path / "first", "fa": tmp_path / "second"}
     options = {"attacks": ["fgsm", "transfer"], "source": str(tmp_path / "source")}
     whole = run_attack(small_suite(copies, tmp_path / "whole", **options)).results
-    real_craft, calls = attack_run.craft, []
-
-    def craft_then_stop(*args, **kwargs):  # 1: the transfer source's PGD, 2: FGSM on first, 3: on second
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_craft(*args, **kwargs)
-
-    monkeypatch.setattr(attack_run, "craft", craft_then_stop)
-    with pytest.raises(KeyboardInterrupt):
-        run_attack(small_suite(copies, tmp_path / "cut", **options))
-    monkeypatch.setattr(attack_run, "craft", real_craft)
+    # crafted: the transfer source's PGD, FGSM on first; stopped at FGSM on second
+    interrupted_at_craft(small_suite(copies, tmp_path / "cut", **options), 2, monkeypatch)
     kept = pd.read_csv(tmp_path / "cut" / "partial_results.csv")
     assert list(kept["model"]) == ["first"] * 3 + ["second"]  # Clean, FGSM, Transfer; Clean
     # first is finished: its weights are not needed; the source is, for second's transfer row
