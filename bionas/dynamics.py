@@ -19,8 +19,9 @@ name, ``(rule) NAME`` for the sum over the layers of a rule, or ``(all)`` for th
     appendix A. Its numerator is estimated without bias as ``||mean_t g_t||^2 - tr(Sigma) / n``
     (``E ||mean_t g_t||^2 = ||E g||^2 + tr(Sigma) / n`` for ``n`` independent mini-batches), so
     windows of different length (a full window and an epoch's rest) estimate the same number,
-    and a window in which the gradient's mean is not resolved reads about 0 (it may read below
-    0). The window's mean also counts the drift of the gradient over its steps -- keep
+    and a window in which the gradient's mean is not resolved reads about 0. Successive steps
+    are not independent draws: where their gradients are anti-correlated (a descent that
+    oscillates across a valley) it reads below 0, where they drift together above. Keep
     ``every`` short against the learning-rate schedule;
   - ``noise_ratio``: ``tr(Sigma) / ||mean_t g_t||^2``, the plug-in noise scale. Its denominator
     carries the bias ``tr(Sigma) / n``, so it cannot exceed about ``n``: where the signal is
