@@ -156,7 +156,7 @@ def _direct_hypergradient(strategy, net, train, val, lr, mu, wd):
                                net.arch_parameters())
 
 
-@pytest.mark.parametrize("arch_gradient", ["exact", "rule"])
+@pytest.mark.parametrize("arch_gradient", ["exact", pytest.param("rule", marks=pytest.mark.slow)])  # rule: -m slow
 def test_exact_second_order_equals_autograd_through_the_unrolled_step_at_realistic_size(cifar10_root, arch_gradient):
     """The DARTS supernet layout (4 nodes, 14 edges, 5 cells with two reductions) of 8 channels over
     a mixed-rule space, full 32x32 real CIFAR-10 images, float64, after a weight step (so the

@@ -185,9 +185,10 @@ def _search(out: Path, cifar10_root: Path, extra: list[str], processes: int) -> 
 
 
 @pytest.mark.parametrize("extra", [
-    ["--method", "darts"],
-    ["--method", "eg", "--set", "strategy_options.eg.restarts=1"],  # evolves once, in epoch 2
-], ids=["darts", "eg"])
+    pytest.param(["--method", "darts"], id="darts"),
+    pytest.param(["--method", "eg", "--set", "strategy_options.eg.restarts=1"], id="eg",  # evolves once, in epoch 2
+                 marks=pytest.mark.slow),  # ~25 s; the same data-parallel code as darts', in -m slow
+])
 def test_two_process_search_matches_one_process_on_the_same_global_batch(cifar10_root, tmp_path, extra):
     """``torchrun`` search: weights and architecture logits of 2 processes equal those of 1
     process to float32 noise (the ranks agreeing with each other is checked by the run itself,

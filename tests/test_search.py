@@ -44,7 +44,7 @@ def _replace(config, **kw):
     return dataclasses.replace(config, **kw)
 
 
-@pytest.mark.parametrize("order", ["first", "second"])
+@pytest.mark.parametrize("order", ["first", pytest.param("second", marks=pytest.mark.slow)])  # ~25 s: in -m slow
 def test_two_step_search_on_the_bionas_space_gives_a_valid_genotype(tmp_path, cifar10_root, order):
     config = SearchConfig(space="bionas", dataset="cifar10", data_dir=str(cifar10_root), per_class=2,
                           batch_size=4, epochs=1, steps_per_epoch=2, channels=4, cells=3, strategy_options={"darts": {"order": order}},
@@ -83,7 +83,7 @@ def test_outputs_logs_and_plots(tiny):
     assert torch.load(out / "checkpoint.pt", weights_only=False)["format"] == CHECKPOINT_FORMAT
 
 
-@pytest.mark.parametrize("order", ["first", "second"])
+@pytest.mark.parametrize("order", ["first", pytest.param("second", marks=pytest.mark.slow)])  # ~15 s: in -m slow
 def test_killed_and_resumed_run_ends_exactly_like_an_uninterrupted_one(tiny, tmp_path, order, killed_after):
     config = _replace(tiny, epochs=3, strategy_options={"darts": {"order": order}})
     full = run_search(_replace(config, out=str(tmp_path / "full")))
@@ -224,7 +224,7 @@ def test_cell_pictures_colour_edges_by_the_rule_registry_and_give_weightless_ops
         assert image.shape[0] > 500 and image.shape[1] > 500 and image.std() > 0.05, engine
 
 
-@pytest.mark.parametrize("partial_channels", [1, 2])
+@pytest.mark.parametrize("partial_channels", [pytest.param(1, marks=pytest.mark.slow), 2])  # 1: in -m slow
 @pytest.mark.parametrize("method", list(STRATEGIES))
 def test_every_registered_strategy_searches_resumes_and_derives_a_valid_genotype(tiny, method, partial_channels,
                                                                                 killed_after):

@@ -255,7 +255,7 @@ LOCAL_AND_RANDOM = {"name": "local", "candidates": {"none": [], "max_pool_3x3": 
                                                     "sep_conv_3x3": ["fa", "brsf", "hebbian", "pc"]}}
 
 
-@pytest.mark.parametrize("order", ["first", "second"])
+@pytest.mark.parametrize("order", ["first", pytest.param("second", marks=pytest.mark.slow)])  # ~25 s: in -m slow
 def test_checkpointed_cells_give_the_search_steps_of_kept_activations(images, order):
     """Recomputing cells in the backward changes nothing: brSF's feedback (redrawn each
     forward), the Hebbian and pc layers' local updates, batch-norm running statistics, logits and
