@@ -212,19 +212,25 @@ def outstanding(config: AttackConfig, models: dict[str, dict], done: list[dict])
     return todo, transfer
 
 
+def _saved(out: Path) -> tuple[AttackConfig, list[dict]]:
+    """The config an attack run in ``out`` saved and the rows it has finished so far."""
+    from bionas.configs import load_yaml_mapping
+    from bionas.configs.options import apply_options
+
+    saved = check(apply_options(AttackConfig(), load_yaml_mapping(out / "config.yaml", "attack config"),
+                                str(out / "config.yaml"), "attack"))
+    rows = pd.read_csv(out / PARTIAL, keep_default_na=False).to_dict("records") if (out / PARTIAL).is_file() else []
+    return saved, rows
+
+
 def checkpoints_done(out: str | Path) -> set[Path]:
     """The checkpoint files (resolved) the unfinished attack run in ``out`` no longer reads: those
     of models with every row computed, and the transfer source once no transfer row is missing
     (unless it is also a model still to attack). Empty when the run has not recorded its models."""
-    from bionas.configs import load_yaml_mapping
-    from bionas.configs.options import apply_options
-
     out = Path(out)
     if not ((out / "config.yaml").is_file() and (out / "run_info.json").is_file()):
         return set()
-    config = apply_options(AttackConfig(), load_yaml_mapping(out / "config.yaml", "attack config"),
-                           str(out / "config.yaml"), "attack")
-    done = pd.read_csv(out / PARTIAL, keep_default_na=False).to_dict("records") if (out / PARTIAL).is_file() else []
+    config, done = _saved(out)
     todo, transfer = outstanding(config, json.loads((out / "run_info.json").read_text())["models"], done)
     still = {checkpoint_file(t).resolve() for t in todo}
     files = {checkpoint_file(t).resolve() for t in config.checkpoints} - still
@@ -235,17 +241,14 @@ def checkpoints_done(out: str | Path) -> set[Path]:
 
 def _resumed(config: AttackConfig, out: Path, overrides: dict | None) -> tuple[AttackConfig, list[dict]]:
     """The saved config of the unfinished run in ``out`` and the rows it finished."""
-    from bionas.configs import load_yaml_mapping
-    from bionas.configs.options import apply_options, check_resume
+    from bionas.configs.options import check_resume
 
     if (out / "results.csv").exists():
         raise ConfigError(f"{out} holds a finished attack run (results.csv); nothing to resume")
     if not (out / "config.yaml").is_file():
         raise ConfigError(f"nothing to resume: {out / 'config.yaml'} does not exist (run without --resume to start)")
-    saved = check(apply_options(AttackConfig(), load_yaml_mapping(out / "config.yaml", "attack config"),
-                                str(out / "config.yaml"), "attack"))
+    saved, rows = _saved(out)
     check_resume(saved, overrides, ("progress", "out", "device"), "attack")
-    rows = pd.read_csv(out / PARTIAL, keep_default_na=False).to_dict("records") if (out / PARTIAL).is_file() else []
     return dataclasses.replace(saved, out=config.out, progress=config.progress, device=config.device), rows
 
 
