@@ -74,10 +74,11 @@ SCALES: dict[str, dict] = {
              # 100 images: the full suite on 250 took 267 s for OP1 alone on one ResNet-56 (one
              # core), about 4 hours a seed for the six models
              "attack": ("full", {"n": 100}),
-             # measured with two jobs sharing the 2 cores: a DARTS search 64 min, a cell retraining
-             # 16-28 min (bp, usf, brsf, mixed; the sum of its epochs' seconds), fa's 50 min
-             "cost": {"search": 64 * 60, "search/hlpc": 80 * 60, "train": 25 * 60, "train/resnet20": 3 * 60,
-                      "train/resnet56": 9 * 60, "attack": 100 * 60}},
+             # measured with two jobs sharing the 2 cores: a DARTS search 64 min, an EG search 44 min,
+             # an HL-PC search ~147 min (440 s an epoch: its Hebbian and PC convolutions), a cell
+             # retraining 16-28 min (bp, usf, brsf, mixed; the sum of its epochs' seconds), fa's 50 min
+             "cost": {"search": 64 * 60, "search/eg": 44 * 60, "search/hlpc": 147 * 60, "train": 25 * 60,
+                      "train/resnet20": 3 * 60, "train/resnet56": 9 * 60, "attack": 100 * 60}},
     "paper": {"search": ("paper", {}), "train": (None, {"dynamics": True, "dynamics_every": 200}),
               "attack": ("full", {"n": 1000, "square_queries": 5000}),
               "cost": {"search": 1.4 * 86400, "search/eg": 0.35 * 86400, "train": 1.5 * 86400,
