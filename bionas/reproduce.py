@@ -76,8 +76,10 @@ SCALES: dict[str, dict] = {
              "attack": ("full", {"n": 100}),
              # measured with two jobs sharing the 2 cores: a DARTS search 64 min, an EG search 44 min,
              # an HL-PC search ~147 min (440 s an epoch: its Hebbian and PC convolutions), a cell
-             # retraining 16-28 min (bp, usf, brsf, mixed; the sum of its epochs' seconds), fa's 50 min
+             # retraining 16-28 min (bp, usf, brsf, mixed; the sum of its epochs' seconds), fa's 50 min,
+             # an HL-PC cell's 64 min (375 s an epoch)
              "cost": {"search": 64 * 60, "search/eg": 44 * 60, "search/hlpc": 147 * 60, "train": 25 * 60,
+                      "train/hlpc": 64 * 60,
                       "train/resnet20": 3 * 60, "train/resnet56": 9 * 60, "attack": 100 * 60}},
     "paper": {"search": ("paper", {}), "train": (None, {"dynamics": True, "dynamics_every": 200}),
               "attack": ("full", {"n": 1000, "square_queries": 5000}),
@@ -185,7 +187,7 @@ def table1(scale: str, seeds: list[int]) -> Experiment:
                         {"seed": s, "variant": "search"}, kind="hlpc"))
         runs.append(Run(f"train_s{s}_hlpc", "train", {"genotype": f"@search_hlpc_s{s}/genotype.json",
                                                       "space": "bionas_hl_pc", "seed": s},
-                        {"seed": s, "variant": "BioNAS-DARTS-HL-PC"}))
+                        {"seed": s, "variant": "BioNAS-DARTS-HL-PC"}, kind="hlpc"))
     return Experiment(runs, _table1)
 
 
