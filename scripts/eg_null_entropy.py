@@ -34,10 +34,8 @@ class _NoiseScored(EvolutionaryStrategy):
         return ce, torch.full((len(logits),), 0.1, dtype=torch.float64)
 
 
-def run(preset: str, seed: int) -> tuple[float, int, int]:
-    config = resolve_config(preset, overrides={"method": "eg", "seed": seed})
-    space = load_space(config.space)
-    edges, k = space.supernet.edges_per_cell, len(space)
+def evolve_on_noise(config, seed: int, edges: int, k: int) -> torch.Tensor:
+    """The (2, edges, k) logits after the search's evolutionary updates under a noise fitness."""
     gen = torch.Generator().manual_seed(seed)
     alphas = [nn.Parameter(1e-3 * torch.randn(edges, k, generator=gen)) for _ in range(2)]
     dummy = nn.Parameter(torch.zeros(1))  # the weight optimiser needs one parameter; nothing trains it
@@ -47,7 +45,14 @@ def run(preset: str, seed: int) -> tuple[float, int, int]:
     for epoch in range(strategy.options.warmup_epochs, config.epochs):
         strategy.epoch = epoch
         strategy.evolve(gen)
-    w = torch.softmax(torch.stack([a.detach().double() for a in alphas]), -1)  # (2, E, K)
+    return torch.stack([a.detach().double() for a in alphas])
+
+
+def run(preset: str, seed: int) -> tuple[float, int, int]:
+    config = resolve_config(preset, overrides={"method": "eg", "seed": seed})
+    space = load_space(config.space)
+    k = len(space)
+    w = torch.softmax(evolve_on_noise(config, seed, space.supernet.edges_per_cell, k), -1)  # (2, E, K)
     entropy = -(w * w.clamp_min(1e-300).log()).sum(-1) / math.log(k)
     top2x = (w.max(-1).values * k >= 2).sum(-1)
     return float(entropy.mean()), int(top2x[0]), int(top2x[1])

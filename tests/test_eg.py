@@ -182,3 +182,26 @@ def test_grouped_evolution_logs_its_selection_and_never_moves_towards_a_worse_ca
         assert row["selected_not_worse"] == (row["population_best_acc"] >= row["current_acc"])
     moved = not all(torch.equal(a, b) for a, b in zip(before, strategy.model.arch_parameters()))
     assert moved == any(row["selected_not_worse"] for row in log)
+
+
+def test_eg_update_on_a_noise_fitness_is_a_random_walk_of_the_scheduled_size():
+    """With no information in the fitness (and no similarity term or norm cap), each update moves
+    the logits half-way to a draw from CMA-ES' first, isotropic generation N(a, sigma_t^2 I), so
+    after the updates each centred logit has variance (1 - 1/K) x 0.25 x sum_t sigma_t^2 -- the
+    scale scripts/eg_null_entropy.py reads the real searches' entropy against."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "eg_null_entropy.py"
+    spec = importlib.util.spec_from_file_location("eg_null_entropy", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    options = {"warmup_epochs": 2, "population": 6, "restarts": 2, "step_size": 0.5, "similarity_weight": 0.0,
+               "max_norm": 1e9, "score_chunk": 6}
+    config = SearchConfig(method="eg", epochs=10, seed=0, strategy_options={"eg": options})
+    edges, k = 30, 20
+    logits = module.evolve_on_noise(config, 0, edges, k)
+    expected = (1 - 1 / k) * 0.25 * sum(1 / (t + 1) ** 2 for t in range(8))
+    measured = float(logits.var(unbiased=False))  # centred per edge: mean 0 over each edge's K
+    assert abs(logits.mean(-1)).max() < 1e-6  # float32 parameters
+    assert measured == pytest.approx(expected, rel=0.12)  # 1,200 logits: sampling sd ~4%
