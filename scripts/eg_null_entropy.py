@@ -14,7 +14,8 @@ read against what its step-size schedule alone produces.
 from __future__ import annotations
 
 import argparse
-import math
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -24,13 +25,16 @@ from bionas.search.config import resolve_config
 from bionas.search.eg import EvolutionaryStrategy
 from bionas.space import load_space
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from search_summary import edge_entropies, top_over_uniform  # noqa: E402  (the statistics of a real search)
+
 
 class _NoiseScored(EvolutionaryStrategy):
     """The strategy with its batch scoring replaced by noise: no candidate is better than another."""
 
     def score(self, logits, batch):
-        gen = batch
-        ce = 2.0 + 0.1 * torch.randn(len(logits), generator=gen, dtype=torch.float64)
+        # ``batch`` is the noise's torch.Generator: there is no data to score on
+        ce = 2.0 + 0.1 * torch.randn(len(logits), generator=batch, dtype=torch.float64)
         return ce, torch.full((len(logits),), 0.1, dtype=torch.float64)
 
 
@@ -48,14 +52,15 @@ def evolve_on_noise(config, seed: int, edges: int, k: int) -> torch.Tensor:
     return torch.stack([a.detach().double() for a in alphas])
 
 
-def run(preset: str, seed: int) -> tuple[float, int, int]:
+def run(preset: str, seed: int) -> tuple[float, int, int, int]:
+    """Mean normalised entropy over both cells' edges, the normal and reduce cells' counts of edges
+    whose top candidate reaches 2x uniform, and the edges per cell."""
     config = resolve_config(preset, overrides={"method": "eg", "seed": seed})
     space = load_space(config.space)
-    k = len(space)
-    w = torch.softmax(evolve_on_noise(config, seed, space.supernet.edges_per_cell, k), -1)  # (2, E, K)
-    entropy = -(w * w.clamp_min(1e-300).log()).sum(-1) / math.log(k)
-    top2x = (w.max(-1).values * k >= 2).sum(-1)
-    return float(entropy.mean()), int(top2x[0]), int(top2x[1])
+    edges = space.supernet.edges_per_cell
+    w = torch.softmax(evolve_on_noise(config, seed, edges, len(space)), -1).numpy()  # (2, E, K)
+    top2x = (top_over_uniform(w) >= 2).sum(-1)
+    return float(edge_entropies(w).mean()), int(top2x[0]), int(top2x[1]), edges
 
 
 def main() -> None:
@@ -65,8 +70,8 @@ def main() -> None:
     args = parser.parse_args()
     print(f"EG updates on a noise fitness, preset {args.preset}: entropy (1 = uniform), edges with top >= 2x uniform")
     for seed in args.seeds:
-        entropy, normal, reduce = run(args.preset, seed)
-        print(f"seed {seed}: entropy {entropy:.4f}, normal {normal}/14, reduce {reduce}/14")
+        entropy, normal, reduce, edges = run(args.preset, seed)
+        print(f"seed {seed}: entropy {entropy:.4f}, normal {normal}/{edges}, reduce {reduce}/{edges}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real CIFAR-10 used by data and training tests.
+"""Shared fixtures: the real CIFAR-10 used by data and training tests, and the scripts as modules.
 
 Found at ``$BIONAS_DATA`` (torchvision's pickles or train/test image folders). Tests that need it
 are skipped when it is absent -- unless ``BIONAS_REQUIRE_DATA=1`` (set by ``.ci/run``), where a
@@ -51,3 +51,17 @@ def killed_after():
                 raise Killed
         return on_epoch_end
     return make
+
+
+@pytest.fixture
+def load_script():
+    """``load_script("name")``: the module ``scripts/name.py`` (scripts are not a package)."""
+    import importlib.util
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load

@@ -184,18 +184,12 @@ def test_grouped_evolution_logs_its_selection_and_never_moves_towards_a_worse_ca
     assert moved == any(row["selected_not_worse"] for row in log)
 
 
-def test_eg_update_on_a_noise_fitness_is_a_random_walk_of_the_scheduled_size():
+def test_eg_update_on_a_noise_fitness_is_a_random_walk_of_the_scheduled_size(load_script):
     """With no information in the fitness (and no similarity term or norm cap), each update moves
     the logits half-way to a draw from CMA-ES' first, isotropic generation N(a, sigma_t^2 I), so
     after the updates each centred logit has variance (1 - 1/K) x 0.25 x sum_t sigma_t^2 -- the
     scale scripts/eg_null_entropy.py reads the real searches' entropy against."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "eg_null_entropy.py"
-    spec = importlib.util.spec_from_file_location("eg_null_entropy", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("eg_null_entropy")
     options = {"warmup_epochs": 2, "population": 6, "restarts": 2, "step_size": 0.5, "similarity_weight": 0.0,
                "max_norm": 1e9, "score_chunk": 6}
     config = SearchConfig(method="eg", epochs=10, seed=0, strategy_options={"eg": options})

@@ -418,14 +418,10 @@ def test_a_second_sitting_skips_finished_runs_and_redoes_only_the_killed(smoke_r
                                   rows.sort_values(keys)[keys + ["robust_acc"]].reset_index(drop=True))
 
 
-def test_search_summary_measures_how_far_mixing_weights_left_uniform():
-    import importlib.util
+def test_search_summary_measures_how_far_mixing_weights_left_uniform(load_script):
     import math
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "search_summary.py"
-    spec = importlib.util.spec_from_file_location("search_summary", path)
-    summary = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(summary)
+    summary = load_script("search_summary")
     # edge 1 uniform over 4; edge 2: 0.7 / 0.1 x 3 (stored scaled by 2, as partial channels store them)
     weights = [[0.25] * 4, [1.4, 0.2, 0.2, 0.2]]
     h2 = -(0.7 * math.log(0.7) + 3 * 0.1 * math.log(0.1)) / math.log(4)
