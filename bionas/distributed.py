@@ -75,7 +75,10 @@ def setup(context: Context, device: torch.device) -> None:
 
 
 def teardown(context: Context) -> None:
+    """Leave the process group once every rank has got here: a rank that destroys its gloo group
+    while a peer is still working can abort with "terminate called without an active exception"."""
     if context.distributed and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -59,13 +59,15 @@ SINGLE_RULES = ("bp", "fa", "usf", "brsf", "frsf")
 # for smoke and mini, on one GPU for paper) for --dry-run: keys are commands, or command/kind for
 # the runs whose cost differs by model or method
 SCALES: dict[str, dict] = {
-    "smoke": {"search": ("smoke", {"epochs": 2, "steps_per_epoch": 1, "per_class": 10, "batch_size": 16,
-                                   "partial_channels": 4,
+    # smoke: the least that runs every code path of every experiment (the test suite makes all of
+    # it on 2 cores); 6 images a class leave 30 validation images, two batches; pc infers twice
+    "smoke": {"search": ("smoke", {"epochs": 2, "steps_per_epoch": 1, "per_class": 6, "batch_size": 16,
+                                   "partial_channels": 4, "rule_options": {"pc": {"iterations": 2}},
                                    "strategy_options": {"eg": {"warmup_epochs": 1, "population": 4, "restarts": 1,
                                                                "score_chunk": 4}}}),
               "train": ("smoke", {"epochs": 1, "per_class": 10, "test_per_class": 5, "steps_per_epoch": 2,
                                   "dynamics": True, "dynamics_every": 2}),
-              "attack": ("quick", {"n": 20, "square_queries": 20, "onepixel_steps": 2, "batch_size": 20, "pgd_steps": 2,
+              "attack": ("quick", {"n": 10, "square_queries": 20, "onepixel_steps": 2, "batch_size": 10, "pgd_steps": 2,
                                    "transfer_steps": 2,
                                    "attacks": ["fgsm", "pgd", "square", "onepixel", "transfer"]}),
               "cost": {"search": 60, "train": 15, "attack": 60}},

@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # the workers share the cores: one torch thread each (set before torch is imported), as
+    # oversubscribed OpenMP threads slow torch several-fold
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def _cifar10_root() -> Path | None:

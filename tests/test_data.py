@@ -189,6 +189,32 @@ def _copy_cifar_subset(src, dst, per_class: int = 2):
     return dst
 
 
+def test_a_folder_listing_is_read_once_and_read_again_when_a_folder_changes(cifar10_root, tmp_path):
+    """The listing, sorted by file name, is cached per process while the class folders keep their
+    modification times; an image added to a folder (or one changed moments ago) is seen."""
+    import os
+    import shutil
+    import time
+
+    from bionas.data import cifar
+
+    root = _copy_cifar_subset(cifar10_root, tmp_path / "data", per_class=3)
+    past = time.time() - 60
+    for folder in (root / "train").iterdir():
+        os.utime(folder, (past, past))
+    classes, files = cifar._folder_files(root / "train")
+    assert classes == sorted(p.name for p in (cifar10_root / "train").iterdir())
+    assert files == [sorted(str(f) for f in (root / "train" / c).iterdir()) for c in classes]
+    assert cifar._folder_files(root / "train")[1] is files  # the cached listing
+    first = load_dataset("cifar10", root, "train")
+    new = root / "train" / "cat" / "0000_added.jpg"
+    shutil.copy(next((cifar10_root / "train" / "dog").iterdir()), new)  # the cat folder's time moves
+    again = cifar._folder_files(root / "train")[1]
+    assert again is not files and str(new) in again[classes.index("cat")]
+    assert cifar._folder_files(root / "train")[1] is not again  # changed just now: not cached yet
+    assert len(load_dataset("cifar10", root, "train")) == len(first) + 1
+
+
 @pytest.mark.parametrize("damage,message", [
     (lambda f: f.write_bytes(b"this is not an image"), "is not a readable image"),
     (lambda f: f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2]), "is not a readable image"),

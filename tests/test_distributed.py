@@ -40,6 +40,7 @@ def _bn_worker(rank: int, port: int, x: torch.Tensor, result: str) -> None:
         dist.all_reduce(g)
     if rank == 0:
         torch.save((out.detach(), part.grad, grads, net[1].running_var, net[3].running_mean), result)
+    dist.barrier()  # no rank leaves the gloo group while another still works (it can abort)
     dist.destroy_process_group()
 
 
@@ -137,6 +138,7 @@ def _local_worker(rank: int, port: int, x: torch.Tensor, y: torch.Tensor, result
     net = _local_net()
     state = _local_step(net, wrap(net, torch.device("cpu"), sync_buffers=False), x[rank::2], y[rank::2])
     torch.save(state, f"{result}.{rank}")
+    dist.barrier()  # no rank leaves the gloo group while another still works (it can abort)
     dist.destroy_process_group()
 
 
@@ -262,6 +264,7 @@ def _darts_worker(rank: int, port: int, root: str, hessian: str, result: str) ->
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     torch.save(_darts_steps(root, hessian, rank, 2), f"{result}.{rank}")
+    dist.barrier()  # no rank leaves the gloo group while another still works (it can abort)
     dist.destroy_process_group()
 
 
@@ -305,6 +308,7 @@ def _oja_wp_worker(rank: int, port: int, x: torch.Tensor, y: torch.Tensor, resul
         train_step(net, opt, x[rank::2], y[rank::2], step)
     if rank == 0:
         torch.save({k: v for k, v in net.state_dict().items() if torch.is_tensor(v)}, result)
+    dist.barrier()  # no rank leaves the gloo group while another still works (it can abort)
     dist.destroy_process_group()
 
 

@@ -277,7 +277,8 @@ def test_bionas_plus_smoke_search_and_retraining_on_real_cifar10(cifar10_root, t
     assert {"oja", "wp", "usf+bcm_lr", "brsf+bcm_lr"} <= set(counts)
 
 
-def test_mlp_with_a_rule_per_layer_and_dale_on_real_cifar10(cifar10_root, tmp_path):
+def test_mlp_with_a_rule_per_layer_and_dale_on_real_cifar10(cifar10_root, tmp_path, monkeypatch):
+    import bionas.train.run as train_run
     from bionas.cli import main
     from bionas.train import load_trained
 
@@ -291,8 +292,11 @@ def test_mlp_with_a_rule_per_layer_and_dale_on_real_cifar10(cifar10_root, tmp_pa
     assert rules.rules_in(net) == {"hidden": "oja+dale", "classifier": "wp+dale"}
     assert (net.hidden.weight >= 0).all() and (net.classifier.weight >= 0).all()
     assert net.classifier.rule.draws > 0 and net.classifier.rule.mix
+    # a layer name the model lacks is refused before the data is loaded (the whole training split here)
+    monkeypatch.setattr(train_run, "load_dataset", lambda *a, **k: pytest.fail("loaded data for a bad layer name"))
     assert main(["train", "--model", "mlp", "--set", "layer_rules={decoder: oja}", "--out", str(tmp_path / "x"),
                  "--data-dir", str(cifar10_root)]) == 2
+    assert not (tmp_path / "x").exists()
 
 
 def test_zscore_op_variant_replaces_every_relu_and_is_a_space_candidate(tmp_path):

@@ -10,7 +10,9 @@ Krizhevsky (2009), "Learning multiple layers of features from tiny images".
 """
 from __future__ import annotations
 
+import os
 import pickle
+import time
 from pathlib import Path
 
 import numpy as np
@@ -81,18 +83,38 @@ def _read_pickles(name: str, folder: Path, files: list[str]) -> tuple[np.ndarray
     return np.concatenate(images), np.concatenate(labels), classes
 
 
-def _folder_files(split_dir: Path) -> tuple[list[str], list[list[Path]]]:
-    classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
+# listings of split folders already read by this process, keyed by the folders' modification
+# times (a file added or removed changes its folder's): a sweep of runs lists each split once.
+# A folder changed in the last seconds is not cached: a second change within the same tick of
+# the file system's clock would leave its time as it was ("racy" timestamps, as git calls them)
+_LISTINGS: dict[tuple, tuple[list[str], list[list[str]]]] = {}
+
+
+def _folder_files(split_dir: Path) -> tuple[list[str], list[list[str]]]:
+    """The class folders of ``split_dir`` and each one's image paths, sorted by name. Names are
+    listed as strings: building and sorting 60,000 ``Path`` objects cost most of a small load."""
+    with os.scandir(split_dir) as entries:
+        classes = sorted(e.name for e in entries if e.is_dir())
     if not classes:
         raise DataError(f"{split_dir} has no class folders; expected {split_dir}/<class>/<image>")
-    files = [sorted(p for p in (split_dir / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) for c in classes]
+    folders = [os.path.join(split_dir, c) for c in classes]
+    times = tuple(os.stat(f).st_mtime_ns for f in folders)
+    key = (os.path.abspath(split_dir), tuple(classes), times)
+    if key in _LISTINGS:
+        return _LISTINGS[key]
+    files = []
+    for folder in folders:
+        names = sorted(n for n in os.listdir(folder) if os.path.splitext(n)[1].lower() in IMAGE_SUFFIXES)
+        files.append([os.path.join(folder, n) for n in names])
     empty = [c for c, fs in zip(classes, files) if not fs]
     if empty:
         raise DataError(f"class folders without images in {split_dir}: {', '.join(empty[:5])}")
+    if max(times) < time.time_ns() - 2_000_000_000:
+        _LISTINGS[key] = classes, files
     return classes, files
 
 
-def _decode(path: Path) -> np.ndarray:
+def _decode(path: str | Path) -> np.ndarray:
     """One image as (32, 32, 3) uint8. A file that is not an image, or is truncated, stops the
     load at once naming it (the policy of every loader: a dataset is read whole or not at all)."""
     try:

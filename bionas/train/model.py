@@ -81,17 +81,33 @@ def _build_network(config: TrainConfig, data: DataShape, genotype: Genotype | No
         rule = config.rule or "bp"
         net = rules.convert(net, rule, seed=config.seed, **rules.options_for(rule, config.rule_options))
         layers = dict(net.named_modules())
+        _check_layer_names(config, layers)
         for i, (name, layer_rule) in enumerate(sorted(config.layer_rules.items())):
-            if not isinstance(layers.get(name), rules.RuleLayer):
-                known = ", ".join(n for n, m in layers.items() if isinstance(m, rules.RuleLayer))
-                raise ConfigError(f"layer_rules names {name!r}, not a weighted layer of {config.model}; its layers: "
-                                  f"{known}")
             parent, _, child = name.rpartition(".")
             setattr(net.get_submodule(parent), child,
                     rules.convert(layers[name], layer_rule, seed=config.seed + 7919 * (i + 1),
                                   **rules.options_for(layer_rule, config.rule_options)))
     initialise(net, config.init, config.seed)
     return net
+
+
+def _check_layer_names(config: TrainConfig, layers: dict[str, nn.Module]) -> None:
+    for name in sorted(config.layer_rules):
+        if not isinstance(layers.get(name), rules.RuleLayer):
+            known = ", ".join(n for n, m in layers.items() if isinstance(m, rules.RuleLayer))
+            raise ConfigError(f"layer_rules names {name!r}, not a weighted layer of {config.model}; its layers: "
+                              f"{known}")
+
+
+def check_layer_rules(config: TrainConfig) -> None:
+    """Refuse a ``layer_rules`` name that is no weighted layer of the model before any data is
+    loaded (a full CIFAR-10 load takes most of a minute on a CPU): the layer names do not depend
+    on the data's classes or channels, so a stand-in of the model is built to list them."""
+    if not config.layer_rules or config.model == CELL_MODEL:
+        return
+    with torch.random.fork_rng(devices=[]):
+        net = rules.convert(MODELS.get(config.model)(10, 3), "bp", seed=0)
+    _check_layer_names(config, dict(net.named_modules()))
 
 
 class WithAuxiliary(nn.Module):

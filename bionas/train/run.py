@@ -46,7 +46,8 @@ from bionas.io import atomic_open, check_output_dir, save_csv, save_figure, save
 from bionas.genotype import Genotype
 from bionas import distributed
 from bionas.train.config import TrainConfig, apply_options, check
-from bionas.train.model import CHECKPOINT_KIND, DataShape, WithAuxiliary, build_network, training_genotype
+from bionas.train.model import (CHECKPOINT_KIND, DataShape, WithAuxiliary, build_network, check_layer_rules,
+                                 training_genotype)
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class _Training:
         distributed.check_batch(config.batch_size, context)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.dataset = resolve_dataset_name(config.dataset, config.data_dir)
+        check_layer_rules(config)
         self._load_data()
         torch.manual_seed(config.seed)  # nothing should draw from it, but keep any stray use repeatable
         self.net = build_network(config, self.data, self.genotype).to(self.device, memory_format=self.memory_format)
@@ -298,6 +300,7 @@ def _run(config: TrainConfig, context: distributed.Context, genotype: Genotype |
              run.steps_per_epoch, config.epochs, run.device,
              f", {context.world} processes" if context.distributed else "")
 
+    logged = False  # the logs and curves are written after each epoch; at the end only if none ran
     while run.epoch < config.epochs:
         start = time.perf_counter()
         row = run.train_epoch()
@@ -314,13 +317,15 @@ def _run(config: TrainConfig, context: distributed.Context, genotype: Genotype |
         if context.main:
             run.save(out / "checkpoint.pt")
             _write_logs(run.history, out)
+            logged = True
         if on_epoch_end is not None:
             on_epoch_end(run.epoch)
 
     history = pd.DataFrame(run.history)
     test_acc = float(history["test_acc"].iloc[-1]) if len(history) else float("nan")
     if context.main:
-        _write_logs(run.history, out)
+        if not logged:
+            _write_logs(run.history, out)
         save_json({"test_acc": test_acc, "test_loss": float(history["test_loss"].iloc[-1]) if len(history) else None,
                    "epochs": run.epoch, "dataset": run.dataset, "test_images": run.sizes[1],
                    "model": config.model, "genotype": config.genotype, "rule": config.rule,
