@@ -20,6 +20,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _leave(rank: int) -> None:
+    """Leave the two-process group as the package does (every rank at a barrier first)."""
+    from bionas.distributed import Context, teardown
+
+    teardown(Context(rank, 2))
+
+
 def _bn_worker(rank: int, port: int, x: torch.Tensor, result: str) -> None:
     import torch.distributed as dist
 
@@ -40,8 +47,7 @@ def _bn_worker(rank: int, port: int, x: torch.Tensor, result: str) -> None:
         dist.all_reduce(g)
     if rank == 0:
         torch.save((out.detach(), part.grad, grads, net[1].running_var, net[3].running_mean), result)
-    dist.barrier()  # no rank leaves the gloo group while another still works (it can abort)
-    dist.destroy_process_group()
+    _leave(rank)
 
 
 def test_global_batchnorm_equals_batchnorm_on_the_whole_batch(tmp_path):
@@ -138,8 +144,7 @@ def _local_worker(rank: int, port: int, x: torch.Tensor, y: torch.Tensor, result
     net = _local_net()
     state = _local_step(net, wrap(net, torch.device("cpu"), sync_buffers=False), x[rank::2], y[rank::2])
     torch.save(state, f"{result}.{rank}")
-    dist.barrier()  # no rank leaves the gloo group while another still works (it can abort)
-    dist.destroy_process_group()
+    _leave(rank)
 
 
 def test_local_rules_under_ddp_apply_the_one_process_update_on_every_rank(cifar10_root, tmp_path):
@@ -264,8 +269,7 @@ def _darts_worker(rank: int, port: int, root: str, hessian: str, result: str) ->
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     torch.save(_darts_steps(root, hessian, rank, 2), f"{result}.{rank}")
-    dist.barrier()  # no rank leaves the gloo group while another still works (it can abort)
-    dist.destroy_process_group()
+    _leave(rank)
 
 
 @pytest.mark.slow  # ~35 s each on 2 cores; the float32 two-process search tests above stay in the default run
@@ -308,8 +312,7 @@ def _oja_wp_worker(rank: int, port: int, x: torch.Tensor, y: torch.Tensor, resul
         train_step(net, opt, x[rank::2], y[rank::2], step)
     if rank == 0:
         torch.save({k: v for k, v in net.state_dict().items() if torch.is_tensor(v)}, result)
-    dist.barrier()  # no rank leaves the gloo group while another still works (it can abort)
-    dist.destroy_process_group()
+    _leave(rank)
 
 
 def test_oja_and_wp_updates_over_two_processes_equal_the_global_batch_update(tmp_path):

@@ -300,7 +300,7 @@ def _run(config: TrainConfig, context: distributed.Context, genotype: Genotype |
              run.steps_per_epoch, config.epochs, run.device,
              f", {context.world} processes" if context.distributed else "")
 
-    logged = False  # the logs and curves are written after each epoch; at the end only if none ran
+    first_epoch = run.epoch  # the logs and curves are written after each epoch; at the end only if none ran
     while run.epoch < config.epochs:
         start = time.perf_counter()
         row = run.train_epoch()
@@ -317,14 +317,13 @@ def _run(config: TrainConfig, context: distributed.Context, genotype: Genotype |
         if context.main:
             run.save(out / "checkpoint.pt")
             _write_logs(run.history, out)
-            logged = True
         if on_epoch_end is not None:
             on_epoch_end(run.epoch)
 
     history = pd.DataFrame(run.history)
     test_acc = float(history["test_acc"].iloc[-1]) if len(history) else float("nan")
     if context.main:
-        if not logged:
+        if run.epoch == first_epoch:
             _write_logs(run.history, out)
         save_json({"test_acc": test_acc, "test_loss": float(history["test_loss"].iloc[-1]) if len(history) else None,
                    "epochs": run.epoch, "dataset": run.dataset, "test_images": run.sizes[1],
